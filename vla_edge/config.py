@@ -1,0 +1,170 @@
+"""The one configuration object: a TOML file plus ``VLA_EDGE_*`` environment overrides.
+
+Each stage owns one section. Environment variables use ``__`` between section and field, e.g.
+``VLA_EDGE_POLICY__PRECISION=int4`` or ``VLA_EDGE_OPERATOR__PORT=9000``; they win over the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from vla_edge.errors import ConfigError
+from vla_edge.paths import REFERENCE_BUNDLE_DIR
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CameraSettings(Section):
+    source: str = Field(
+        "sim",
+        description='"sim" (the hil world), a V4L2 index ("0") or path ("/dev/video0"), a video file, or a URL.',
+    )
+    sim_endpoint: str = Field("tcp://127.0.0.1:5570", description="Where the simulated world publishes frames.")
+    width: int = Field(96, gt=0, description="Frames are resized to this width before the policy sees them.")
+    height: int = Field(96, gt=0)
+    max_frame_age_ms: float = Field(250.0, gt=0, description="A frame older than this is never used.")
+    stall_timeout_ms: float = Field(1000.0, gt=0, description="No new frame for this long: camera stalled, hold.")
+    loop_file: bool = Field(False, description="Restart a video file at its end instead of reporting end of stream.")
+
+
+class PolicySettings(Section):
+    bundle: Path = Field(REFERENCE_BUNDLE_DIR, description="Bundle directory (or a link to the active version).")
+    precision: Literal["fp32", "int8", "int4"] = "int8"
+    providers: list[str] = Field(
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="Execution providers in order of preference; those not available are skipped.",
+    )
+    intra_op_threads: int = Field(2, ge=1)
+    num_samples: int = Field(8, ge=1, le=64, description="K: chunks sampled at once for the confidence spread.")
+    seed: int = 0
+    require_signature: bool = Field(False, description="Refuse a bundle without a valid signature.")
+    trusted_keys: list[Path] = Field(default_factory=list, description="ed25519 public keys allowed to sign bundles.")
+
+
+class SchedulerSettings(Section):
+    control_rate_hz: float | None = Field(None, gt=0, description="Defaults to the bundle's control rate.")
+    replan_when_remaining: int = Field(4, ge=1, description="Request the next chunk when this few actions remain.")
+    boundary: Literal["freeze", "blend"] = "freeze"
+    blend_steps: int = Field(3, ge=1)
+
+
+class ConfidenceSettings(Section):
+    enabled: bool = True
+    thresholds_file: Path | None = Field(None, description="Calibrated thresholds; defaults to the bundle's.")
+
+
+class StreamSettings(Section):
+    command_endpoint: str = Field("tcp://127.0.0.1:5571", description="Daemon binds; controllers connect.")
+    state_endpoint: str = Field("tcp://127.0.0.1:5572", description="Controller state and heartbeats back.")
+    heartbeat_ms: float = Field(100.0, gt=0)
+    stale_after_ms: float = Field(300.0, gt=0, description="Controller holds when no valid command for this long.")
+    command_ttl_ms: float = Field(150.0, gt=0, description="A command's deadline is its due time plus this.")
+    curve: bool = Field(True, description="CURVE encryption and authentication; off only in the demo.")
+    keys_dir: Path = Field(Path("/etc/vla-edge/keys"), description="Made by `vla-edge keys generate`.")
+
+
+class TaskSettings(Section):
+    checkpoint_every: int = Field(4, ge=3, le=5, description="Steps between checkpoints.")
+    verify_at_checkpoint: bool = False
+    state_dir: Path = Field(Path("/var/lib/vla-edge/state"))
+    step_timeout_s: float = Field(12.0, gt=0, description="A step that has not finished by then is stalled.")
+
+
+class OperatorSettings(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8780, ge=0, le=65535)
+    token: SecretStr | None = Field(None, description="Required when host is not a loopback address.")
+    answer_timeout_s: float = Field(120.0, gt=0, description="No answer by then: the arm keeps holding.")
+
+
+class RecorderSettings(Section):
+    enabled: bool = True
+    dataset_dir: Path = Field(Path("/var/lib/vla-edge/dataset"))
+    fps: int = Field(10, gt=0)
+
+
+class TelemetrySettings(Section):
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9780, ge=0, le=65535)
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class RemoteSettings(Section):
+    enabled: bool = False
+    url: str = "127.0.0.1:8001"
+    model_name: str = "vla_remote"
+    deadline_ms: float = Field(200.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything the daemon needs, in one validated object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VLA_EDGE_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+    )
+
+    camera: CameraSettings = Field(default_factory=CameraSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    confidence: ConfidenceSettings = Field(default_factory=ConfidenceSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    task: TaskSettings = Field(default_factory=TaskSettings)
+    operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    recorder: RecorderSettings = Field(default_factory=RecorderSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    remote: RemoteSettings = Field(default_factory=RemoteSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init values; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {where}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any), apply overrides, then the environment. Raises ConfigError."""
+    data: dict[str, Any] = {}
+    origin = "defaults + environment"
+    if path is not None:
+        origin = f"{path} + environment"
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for section, values in overrides.items():
+        merged = dict(data.get(section, {}))
+        merged.update(values)
+        data[section] = merged
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None
