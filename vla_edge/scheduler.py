@@ -1,0 +1,299 @@
+"""Chunk scheduling: inference overlaps execution, chunk boundaries do not jerk, late actions are dropped.
+
+The scheduler keeps a *timeline*: actions indexed by the control tick at which they are due. A worker thread
+turns an inference request (observation + the actions already committed for the next ticks) into a new chunk.
+The control tick (`ChunkScheduler.tick`) is the one place that decides what goes to the motors:
+
+* it takes the action due at this tick, never one whose tick has passed (late actions are dropped, counted);
+* it asks for the next chunk when the remaining actions fall to ``replan_when_remaining``, passing the actions
+  that will run while inference is in flight as a frozen prefix (real-time chunking), so the new chunk starts
+  where the old one is going;
+* it splices an arrived chunk in from the current tick on, optionally cross-fading over a few ticks;
+* it holds when there is nothing valid to execute: no chunk, a rejected (low-confidence) chunk, no frame.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from vla_edge.types import ChunkSamples, Observation, Verdict
+
+HoldReason = Literal["no_chunk", "low_confidence", "no_observation", "inference_error", "stopped"]
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """Plan a chunk whose first action is due at ``start_tick``; ``prefix`` rows are already committed."""
+
+    observation: Observation
+    start_tick: int
+    prefix: np.ndarray
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    """What the inference worker produced: all samples, the verdict on them, and the chunk to execute."""
+
+    request: InferenceRequest
+    samples: ChunkSamples
+    verdict: Verdict
+    chunk: np.ndarray
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class TickDecision:
+    """The scheduler's answer for one control tick: an action to send, or a hold with its reason."""
+
+    tick: int
+    action: np.ndarray | None
+    hold_reason: HoldReason | None = None
+    new_chunk: PlannedChunk | None = None
+    rejected_chunk: PlannedChunk | None = None
+
+
+@dataclass
+class SchedulerCounters:
+    ticks: int = 0
+    actions_sent: int = 0
+    holds: int = 0
+    late_dropped: int = 0
+    chunks_requested: int = 0
+    chunks_accepted: int = 0
+    chunks_rejected: int = 0
+    inference_errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+Planner = Callable[[InferenceRequest], PlannedChunk]
+ObservationProvider = Callable[[], Observation | None]
+
+
+class _InferenceWorker:
+    """One background thread; at most one request in flight and one finished result waiting (newest wins)."""
+
+    def __init__(self, planner: Planner) -> None:
+        self._planner = planner
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: InferenceRequest | None = None
+        self._result: PlannedChunk | Exception | None = None
+        self._busy = False
+        self._closed = False
+        self._generation = 0
+        self._thread = threading.Thread(target=self._run, name="vla-inference", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._busy or self._pending is not None
+
+    def submit(self, request: InferenceRequest) -> None:
+        with self._lock:
+            self._pending = request
+            self._wake.notify()
+
+    def take_result(self) -> PlannedChunk | Exception | None:
+        with self._lock:
+            result, self._result = self._result, None
+            return result
+
+    def discard(self) -> None:
+        """Forget the pending request and any result, including one still being computed."""
+        with self._lock:
+            self._pending = None
+            self._result = None
+            self._generation += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                request, self._pending = self._pending, None
+                self._busy = True
+                generation = self._generation
+            try:
+                result: PlannedChunk | Exception = self._planner(request)
+            except Exception as exc:  # reported to the tick, which holds; the worker keeps serving
+                result = exc
+            with self._lock:
+                self._busy = False
+                if generation == self._generation:
+                    self._result = result
+
+
+class ChunkScheduler:
+    """The action timeline and the decision made at every control tick."""
+
+    def __init__(
+        self,
+        planner: Planner,
+        observe: ObservationProvider,
+        *,
+        horizon: int,
+        action_dim: int,
+        replan_when_remaining: int = 4,
+        boundary: Literal["freeze", "blend"] = "freeze",
+        blend_steps: int = 3,
+        expected_delay_ticks: int = 1,
+    ) -> None:
+        if not 1 <= replan_when_remaining < horizon:
+            raise ValueError(f"replan_when_remaining must be in [1, {horizon - 1}], got {replan_when_remaining}")
+        self._observe = observe
+        self._horizon = horizon
+        self._action_dim = action_dim
+        self._replan_when_remaining = replan_when_remaining
+        self._boundary = boundary
+        self._blend_steps = blend_steps
+        self._delay_ticks = max(1, expected_delay_ticks)
+        self._timeline: dict[int, np.ndarray] = {}
+        self._blocked: PlannedChunk | None = None
+        self._override_next = False
+        self._worker = _InferenceWorker(planner)
+        self.counters = SchedulerCounters()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._worker.close()
+
+    def __enter__(self) -> ChunkScheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def reset(self) -> None:
+        """Forget the timeline and anything in flight (a new step, or after a hold)."""
+        self._worker.discard()
+        self._timeline.clear()
+        self._blocked = None
+        self._override_next = False
+
+    def approve_blocked_chunk(self) -> bool:
+        """The operator approved the rejected chunk: actuate it once (from the current tick)."""
+        if self._blocked is None:
+            return False
+        self._override_next = True
+        return True
+
+    @property
+    def blocked(self) -> PlannedChunk | None:
+        return self._blocked
+
+    def remaining(self, tick: int) -> int:
+        return sum(1 for t in self._timeline if t >= tick)
+
+    # -- the control tick ------------------------------------------------------------------------------------
+    def tick(self, tick: int) -> TickDecision:
+        """Decide what the motors do at control tick ``tick`` (ticks are consecutive integers)."""
+        self.counters.ticks += 1
+        new_chunk, rejected = self._collect_result(tick)
+
+        if self._blocked is not None and not self._override_next:
+            return self._hold(tick, "low_confidence", new_chunk, rejected)
+        if self._override_next and self._blocked is not None:
+            self._splice(self._blocked, tick)
+            new_chunk, self._blocked, self._override_next = self._blocked, None, False
+
+        for stale in [t for t in self._timeline if t < tick]:
+            del self._timeline[stale]
+            self.counters.late_dropped += 1
+
+        self._maybe_request(tick)
+
+        action = self._timeline.pop(tick, None)
+        if action is None:
+            reason: HoldReason = "no_chunk" if self.counters.inference_errors == 0 else "inference_error"
+            return self._hold(tick, reason, new_chunk, rejected)
+        self.counters.actions_sent += 1
+        return TickDecision(tick=tick, action=action, new_chunk=new_chunk, rejected_chunk=rejected)
+
+    def _hold(
+        self, tick: int, reason: HoldReason, new_chunk: PlannedChunk | None, rejected: PlannedChunk | None
+    ) -> TickDecision:
+        self.counters.holds += 1
+        return TickDecision(tick=tick, action=None, hold_reason=reason, new_chunk=new_chunk, rejected_chunk=rejected)
+
+    def _collect_result(self, tick: int) -> tuple[PlannedChunk | None, PlannedChunk | None]:
+        result = self._worker.take_result()
+        if result is None:
+            return None, None
+        if isinstance(result, Exception):
+            self.counters.inference_errors += 1
+            return None, None
+        self.counters.inference_errors = 0
+        self.counters.latencies_ms.append(result.latency_ms)
+        if not result.verdict.passed:
+            self.counters.chunks_rejected += 1
+            # Never actuate a low-confidence chunk, nor what is left of the one it was meant to replace.
+            self._timeline.clear()
+            self._blocked = result
+            return None, result
+        self.counters.chunks_accepted += 1
+        self._splice(result, tick)
+        return result, None
+
+    def _splice(self, planned: PlannedChunk, tick: int) -> None:
+        start = planned.request.start_tick
+        fresh = {start + i: planned.chunk[i] for i in range(planned.chunk.shape[0]) if start + i >= tick}
+        if self._boundary == "blend":
+            for k, t in enumerate(sorted(fresh)[: self._blend_steps]):
+                old = self._timeline.get(t)
+                if old is not None:
+                    weight = (k + 1) / (self._blend_steps + 1)
+                    fresh[t] = (1.0 - weight) * old + weight * fresh[t]
+        for t in [t for t in self._timeline if t >= tick]:
+            del self._timeline[t]
+        self._timeline.update(fresh)
+
+    def _maybe_request(self, tick: int) -> None:
+        if self._worker.busy or self._blocked is not None:
+            return
+        if self.remaining(tick) > self._replan_when_remaining:
+            return
+        observation = self._observe()
+        if observation is None:
+            return
+        # The actions that will run while this request is being computed are committed: freeze them.
+        committed = [self._timeline[t] for t in range(tick, tick + self._delay_ticks) if t in self._timeline]
+        prefix = np.asarray(committed, dtype=np.float32).reshape(-1, self._action_dim)
+        self._worker.submit(InferenceRequest(observation=observation, start_tick=tick, prefix=prefix))
+        self.counters.chunks_requested += 1
+
+
+class RateLoop:
+    """Fixed-rate pacing on the monotonic clock; reports how late each tick started."""
+
+    def __init__(self, rate_hz: float) -> None:
+        self.period_ns = int(round(1e9 / rate_hz))
+        self._next_ns = time.monotonic_ns()
+        self.tick = 0
+
+    def wait(self) -> int:
+        """Sleep until the next tick is due; returns its lateness in ns (0 when on time)."""
+        now = time.monotonic_ns()
+        if now < self._next_ns:
+            time.sleep((self._next_ns - now) / 1e9)
+            now = time.monotonic_ns()
+        lateness = now - self._next_ns
+        # A tick that starts more than a whole period late is skipped rather than bunched up.
+        missed = max(0, lateness // self.period_ns)
+        self.tick += 1 + int(missed)
+        self._next_ns += self.period_ns * (1 + int(missed))
+        return int(lateness)
