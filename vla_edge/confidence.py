@@ -1,0 +1,164 @@
+"""Per-chunk confidence: pure functions from sampled chunks, history and bundle statistics to a `Verdict`.
+
+Signals (higher is worse for every one of them, so each is compared as ``value <= threshold``):
+
+* ``spread``: disagreement among the K chunks sampled from different noise seeds for the same observation,
+  the mean per-tick standard deviation in units of the action range. A flow/diffusion policy that "knows" what
+  to do collapses its samples; one that is guessing spreads them.
+* ``consistency``: temporal action consistency (Sentinel, Agia et al. 2024): the maximum mean discrepancy between
+  the new chunk's samples and the previous chunk's samples over the ticks both cover. Erratic policies change
+  their mind from one chunk to the next.
+* ``ood``: how far the observation embedding lies from the training set (RMS z-score against the bundle's
+  embedding statistics, a diagonal Mahalanobis distance).
+* ``limits``: how far the chosen chunk leaves the action limits (0 when inside).
+* ``jerk``: the largest per-tick change of the chosen chunk, including the step from the last executed action,
+  as a fraction of the allowed per-tick change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla_edge.types import ChunkSamples, SignalScore, Verdict
+
+SIGNALS = ("spread", "consistency", "ood", "limits", "jerk")
+
+# Used only when neither the bundle nor the config carries calibrated thresholds (`vla-edge calibrate`).
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "spread": 0.05,
+    "consistency": 0.5,
+    "ood": 4.0,
+    "limits": 0.0,
+    "jerk": 1.05,
+}
+
+
+@dataclass(frozen=True)
+class ActionBounds:
+    """Per-dimension action limits (physical units) and the largest allowed change per control tick."""
+
+    low: np.ndarray
+    high: np.ndarray
+    max_delta: np.ndarray
+
+    @property
+    def span(self) -> np.ndarray:
+        return np.maximum(self.high - self.low, 1e-9)
+
+
+@dataclass(frozen=True)
+class EmbeddingStats:
+    """Training-set statistics of the observation embedding."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass(frozen=True)
+class ChunkContext:
+    """What the verdict needs besides the new samples: the chunk being replaced and what already ran."""
+
+    previous: ChunkSamples | None = None
+    previous_start_tick: int = 0
+    start_tick: int = 0
+    last_executed: np.ndarray | None = None
+
+
+def select_chunk(actions: np.ndarray) -> np.ndarray:
+    """The sample closest to the others (medoid): a real sample, unlike the mean of a multimodal set."""
+    if actions.shape[0] == 1:
+        return actions[0]
+    flat = actions.reshape(actions.shape[0], -1)
+    distances = np.linalg.norm(flat[:, None, :] - flat[None, :, :], axis=-1).sum(axis=1)
+    return actions[int(np.argmin(distances))]
+
+
+def spread_score(actions: np.ndarray, bounds: ActionBounds, dims: np.ndarray | None = None) -> float:
+    if actions.shape[0] < 2:
+        return 0.0
+    normalised = actions / bounds.span
+    std = normalised.std(axis=0)
+    if dims is not None:
+        std = std[:, dims]
+    return float(std.mean())
+
+
+def _mmd_rbf(x: np.ndarray, y: np.ndarray) -> float:
+    """Biased MMD² estimate with an RBF kernel whose width is the median pairwise distance."""
+    z = np.concatenate([x, y])
+    d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)
+    median = np.median(d2[d2 > 0]) if np.any(d2 > 0) else 1.0
+    kernel = np.exp(-d2 / max(median, 1e-6))
+    n = x.shape[0]
+    kxx, kyy, kxy = kernel[:n, :n], kernel[n:, n:], kernel[:n, n:]
+    return float(max(kxx.mean() + kyy.mean() - 2.0 * kxy.mean(), 0.0))
+
+
+def consistency_score(current: ChunkSamples, context: ChunkContext, bounds: ActionBounds) -> float:
+    """MMD between the two chunks' samples over their overlapping ticks (0 when they do not overlap)."""
+    if context.previous is None:
+        return 0.0
+    offset = context.start_tick - context.previous_start_tick
+    overlap = context.previous.horizon - offset
+    if offset < 0 or overlap <= 0:
+        return 0.0
+    overlap = min(overlap, current.horizon)
+    previous = context.previous.actions[:, offset : offset + overlap] / bounds.span
+    new = current.actions[:, :overlap] / bounds.span
+    return _mmd_rbf(previous.reshape(previous.shape[0], -1), new.reshape(new.shape[0], -1))
+
+
+def ood_score(embedding: np.ndarray, stats: EmbeddingStats) -> float:
+    z = (np.asarray(embedding, dtype=np.float64).reshape(-1) - stats.mean) / np.maximum(stats.std, 1e-6)
+    return float(np.sqrt(np.mean(z**2)))
+
+
+def limits_score(chunk: np.ndarray, bounds: ActionBounds) -> float:
+    if not np.all(np.isfinite(chunk)):
+        return float("inf")
+    below = np.maximum(bounds.low - chunk, 0.0) / bounds.span
+    above = np.maximum(chunk - bounds.high, 0.0) / bounds.span
+    return float(max(below.max(), above.max()))
+
+
+def jerk_score(chunk: np.ndarray, bounds: ActionBounds, last_executed: np.ndarray | None) -> float:
+    path = chunk if last_executed is None else np.vstack([last_executed[None, :], chunk])
+    if path.shape[0] < 2:
+        return 0.0
+    steps = np.abs(np.diff(path, axis=0))
+    limited = np.isfinite(bounds.max_delta) & (bounds.max_delta > 0)
+    if not np.any(limited):
+        return 0.0
+    return float((steps[:, limited] / bounds.max_delta[limited]).max())
+
+
+@dataclass(frozen=True)
+class ConfidenceMonitor:
+    """Turns K samples into a verdict with one score per signal. Holds no state between calls."""
+
+    bounds: ActionBounds
+    embedding_stats: EmbeddingStats | None
+    thresholds: Mapping[str, float]
+    spread_dims: np.ndarray | None = None
+
+    def evaluate(self, samples: ChunkSamples, chunk: np.ndarray, context: ChunkContext) -> Verdict:
+        values = {
+            "spread": spread_score(samples.actions, self.bounds, self.spread_dims),
+            "consistency": consistency_score(samples, context, self.bounds),
+            "limits": limits_score(chunk, self.bounds),
+            "jerk": jerk_score(chunk, self.bounds, context.last_executed),
+        }
+        if self.embedding_stats is not None:
+            values["ood"] = ood_score(samples.embedding, self.embedding_stats)
+        signals = tuple(
+            SignalScore(name, value, float(self.thresholds.get(name, np.inf)), bool(value <= self.thresholds.get(name, np.inf)))
+            for name, value in values.items()
+        )
+        failed = [s.name for s in signals if not s.passed]
+        reason = "" if not failed else "low confidence: " + ", ".join(
+            f"{s.name} {s.value:.3g} > {s.threshold:.3g}" for s in signals if not s.passed
+        )
+        return Verdict(passed=not failed, signals=signals, reason=reason)
