@@ -34,6 +34,15 @@ class CameraSettings(Section):
     max_frame_age_ms: float = Field(250.0, gt=0, description="A frame older than this is never used.")
     stall_timeout_ms: float = Field(1000.0, gt=0, description="No new frame for this long: camera stalled, hold.")
     loop_file: bool = Field(False, description="Restart a video file at its end instead of reporting end of stream.")
+    reopen_backoff_max_ms: float = Field(
+        2000.0, gt=0, description="A lost device or URL is reopened with doubling waits up to this long."
+    )
+    fourcc: str | None = Field(
+        None, min_length=4, max_length=4, description='V4L2 pixel format to ask for, e.g. "MJPG" or "YUYV".'
+    )
+    capture_width: int | None = Field(None, gt=0, description="V4L2 capture width to ask for (before the resize).")
+    capture_height: int | None = Field(None, gt=0, description="V4L2 capture height to ask for.")
+    capture_fps: float | None = Field(None, gt=0, description="V4L2 frame rate to ask for.")
 
 
 class PolicySettings(Section):
