@@ -68,25 +68,25 @@ class ScriptedExpert:
         held = world.held_block()
 
         if held is not None and held != colour:
-            return _action(here, grip=0.0)  # let go of the wrong block where it is
+            return _action(here, here, grip=0.0)  # let go of the wrong block where it is
         if held == colour:
             drop = self._drop_point(world)
             if np.linalg.norm(drop - here) < _ARRIVED:
-                return _action(drop, grip=0.0)
-            return _action(self._jitter(drop, here), grip=1.0)
+                return _action(here, drop, grip=0.0)
+            return _action(here, self._jitter(drop, here), grip=1.0)
 
         block = world.block_position(colour)
         if bin_of(block) == target_bin:
             retreat = self._retreat_point(block)
             if np.linalg.norm(retreat - here) < _ARRIVED:
                 self._done_sent += 1
-                return _action(retreat, grip=0.0, done=1.0)
-            return _action(self._jitter(retreat, here), grip=0.0)
+                return _action(here, retreat, grip=0.0, done=1.0)
+            return _action(here, self._jitter(retreat, here), grip=0.0)
 
         grasp = block + self._grasp_offset
         if np.linalg.norm(grasp - here) < _ARRIVED:
-            return _action(grasp, grip=1.0)
-        return _action(self._jitter(grasp, here), grip=0.0)
+            return _action(here, grasp, grip=1.0)
+        return _action(here, self._jitter(grasp, here), grip=0.0)
 
     def _drop_point(self, world: TabletopWorld) -> np.ndarray:
         if self._drop is None:
@@ -118,9 +118,15 @@ class ScriptedExpert:
         return target + self._rng.normal(0.0, self._noise, size=2)
 
 
-def _action(target: np.ndarray, grip: float, done: float = 0.0) -> np.ndarray:
+def _action(here: np.ndarray, waypoint: np.ndarray, grip: float, done: float = 0.0) -> np.ndarray:
+    # Command the next point on the way (at most MAX_STEP away), not the far waypoint: chunks become smooth
+    # trajectories that respect the speed limit, and the command equals what the gripper actually does.
+    delta = np.clip(waypoint, 0.0, 1.0) - here
+    distance = float(np.linalg.norm(delta))
+    if distance > MAX_STEP:
+        delta *= MAX_STEP / distance
     action = np.empty(ACTION_DIM, dtype=np.float32)
-    action[:2] = np.clip(target, 0.0, 1.0)
+    action[:2] = here + delta
     action[2] = grip
     action[3] = done
     return action
