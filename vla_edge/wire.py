@@ -1,0 +1,260 @@
+"""Wire schemas and the msgpack codec shared by the daemon and the motor controller (see docs/wire.md).
+
+Every message is one ZeroMQ frame holding one msgpack map with a version ``v`` and a ``kind``. Decoding is
+defensive in a fixed order: size cap → msgpack with length caps → map with known ``v``/``kind`` → strict
+pydantic validation. Nothing here checks that floats are finite: the controller's filter does that, so a bad
+value is rejected (and counted), never silently repaired.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Annotated, Literal
+
+import msgpack
+import zmq
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from vla_edge.errors import VlaEdgeError
+
+WIRE_VERSION = 1
+MAX_MESSAGE_BYTES = 16 * 1024  # also ZMQ_MAXMSGSIZE on every receiving socket
+MAX_ACTION_DIM = 64
+MAX_REASON_CHARS = 64
+MAX_COUNTERS = 64
+
+# Hard caps handed to msgpack so a hostile length prefix cannot make it allocate.
+_UNPACK_LIMITS = dict(
+    max_str_len=1024,
+    max_bin_len=0,  # no message uses bin
+    max_array_len=MAX_ACTION_DIM,
+    max_map_len=MAX_COUNTERS,
+    max_ext_len=0,  # no message uses ext (and so no timestamp ext either)
+)
+
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+UInt63 = Annotated[int, Field(ge=0, lt=2**63)]
+Seq = Annotated[int, Field(ge=0, lt=2**63)]
+Reason = Annotated[str, Field(max_length=MAX_REASON_CHARS)]
+Values = Annotated[list[float], Field(min_length=1, max_length=MAX_ACTION_DIM)]
+
+
+class StreamError(VlaEdgeError):
+    """The action stream cannot start or was used wrongly (bad endpoint, missing keys, wrong action size)."""
+
+
+class WireError(Exception):
+    """A received message was rejected; ``reason`` is the counter name it is recorded under."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class WireMessage(BaseModel):
+    # strict: an int field never accepts "3" or 3.0; extra="forbid": unknown keys are errors, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    v: Literal[1] = WIRE_VERSION
+
+
+# ---- daemon → controller, on the command channel (PUB → conflating SUB) ----
+
+
+class ActionCommand(WireMessage):
+    """Actuate ``values`` at ``t_due_ns``; never after ``deadline_ns``. Times are the daemon's monotonic clock."""
+
+    kind: Literal["action"] = "action"
+    session: UInt63
+    seq: Seq
+    t_sent_ns: Int64
+    t_due_ns: Int64
+    deadline_ns: Int64
+    values: Values
+
+
+class Hold(WireMessage):
+    """Keep the last actuated position until a newer command. Also sent while waiting for the handshake."""
+
+    kind: Literal["hold"] = "hold"
+    session: UInt63
+    seq: Seq
+    t_sent_ns: Int64
+    reason: Reason
+
+
+# ---- session channel (controller DEALER ⇄ daemon ROUTER) ----
+
+
+class Hello(WireMessage):
+    """Controller → daemon, repeated every heartbeat until a Welcome arrives. ``t_sent_ns``: controller clock."""
+
+    kind: Literal["hello"] = "hello"
+    instance: UInt63
+    action_dim: Annotated[int, Field(ge=1, le=MAX_ACTION_DIM)]
+    t_sent_ns: Int64
+
+
+class Welcome(WireMessage):
+    """Daemon → controller: the session to accept commands from, and the first clock sample (NTP-style)."""
+
+    kind: Literal["welcome"] = "welcome"
+    session: UInt63
+    instance: UInt63
+    action_dim: Annotated[int, Field(ge=1, le=MAX_ACTION_DIM)]
+    echo_t_ns: Int64  # the Hello's t_sent_ns (controller clock)
+    echo_recv_ns: Int64  # when the daemon received that Hello (daemon clock)
+    t_sent_ns: Int64  # daemon clock
+
+
+class Ready(WireMessage):
+    """Controller → daemon: the handshake is done and a message arrived on the command channel."""
+
+    kind: Literal["ready"] = "ready"
+    session: UInt63
+    instance: UInt63
+    t_sent_ns: Int64
+
+
+class Heartbeat(WireMessage):
+    """Both ways. Echoes the peer's last heartbeat so either side can estimate round trip and clock offset."""
+
+    kind: Literal["heartbeat"] = "heartbeat"
+    session: UInt63
+    instance: UInt63
+    ready: bool
+    t_sent_ns: Int64
+    echo_t_ns: Int64  # the peer's last heartbeat t_sent_ns (peer clock), 0 when none yet
+    echo_recv_ns: Int64  # when that heartbeat arrived (sender clock), 0 when none yet
+
+
+class StateReport(WireMessage):
+    """Controller → daemon: what the motors actually did this tick. Record this, not what was requested."""
+
+    kind: Literal["state"] = "state"
+    session: UInt63
+    instance: UInt63
+    t_sent_ns: Int64
+    seq_applied: Annotated[int, Field(ge=-1, lt=2**63)]  # -1: nothing actuated yet
+    actual: Values
+    holding: bool
+    hold_reason: Reason
+    counters: Annotated[dict[Annotated[str, Field(max_length=MAX_REASON_CHARS)], UInt63], Field(max_length=MAX_COUNTERS)]
+
+
+DaemonCommand = Annotated[ActionCommand | Hold, Field(discriminator="kind")]
+DaemonSession = Annotated[Welcome | Heartbeat, Field(discriminator="kind")]
+ControllerMessage = Annotated[Hello | Ready | Heartbeat | StateReport, Field(discriminator="kind")]
+
+_KINDS: dict[str, set[str]] = {
+    "command": {"action", "hold"},
+    "daemon_session": {"welcome", "heartbeat"},
+    "controller": {"hello", "ready", "heartbeat", "state"},
+}
+_ADAPTERS: dict[str, TypeAdapter] = {
+    "command": TypeAdapter(DaemonCommand),
+    "daemon_session": TypeAdapter(DaemonSession),
+    "controller": TypeAdapter(ControllerMessage),
+}
+
+
+def encode(message: WireMessage) -> bytes:
+    """One msgpack map, keys in field order (so bytes are reproducible); floats as float 64."""
+    payload = message.model_dump(mode="python")
+    data = msgpack.packb(payload, use_bin_type=True)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise StreamError(f"{message.kind} message is {len(data)} bytes, over the {MAX_MESSAGE_BYTES}-byte cap")
+    return data
+
+
+def decode(data: bytes, channel: Literal["command", "daemon_session", "controller"]) -> WireMessage:
+    """Bytes → a validated message allowed on ``channel``. Raises ``WireError`` (never anything else)."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireError("too_large", f"{len(data)} bytes")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **_UNPACK_LIMITS)
+    except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, FormatError, StackError...)
+        raise WireError("not_msgpack", type(exc).__name__) from None
+    if not isinstance(obj, dict):
+        raise WireError("not_a_map", type(obj).__name__)
+    if obj.get("v") != WIRE_VERSION or isinstance(obj.get("v"), bool):
+        raise WireError("bad_version", repr(obj.get("v"))[:32])
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind not in _KINDS[channel]:
+        raise WireError("unexpected_kind", repr(kind)[:32])
+    try:
+        return _ADAPTERS[channel].validate_python(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise WireError("bad_schema", f"{where}: {first['type']}") from None
+    except Exception as exc:  # defensive: validation must never take the receive loop down
+        raise WireError("bad_schema", type(exc).__name__) from None
+
+
+class Decoder:
+    """Decodes one channel's frames and counts every rejection by reason."""
+
+    def __init__(self, channel: Literal["command", "daemon_session", "controller"]) -> None:
+        self.channel = channel
+        self.rejected: Counter[str] = Counter()
+        self.accepted = 0
+
+    def __call__(self, data: bytes) -> WireMessage | None:
+        try:
+            message = decode(data, self.channel)
+        except WireError as exc:
+            self.rejected[exc.reason] += 1
+            return None
+        self.accepted += 1
+        return message
+
+
+# ---- transport: endpoints and socket options (part of the contract, so both ends share them) ----
+
+_LOOPBACK_HOSTS = {"localhost", "::1", "[::1]"}
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// on a loopback address (127.0.0.0/8, ::1, localhost)."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp" or not rest:
+        return False
+    host = rest.rsplit(":", 1)[0] if not rest.startswith("[") else rest[: rest.index("]") + 1]
+    if host in _LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_security(curve: bool, endpoints: list[str]) -> None:
+    """CURVE may be off only when every endpoint is on this machine (the demo)."""
+    if curve:
+        return
+    remote = [e for e in endpoints if not is_loopback(e)]
+    if remote:
+        raise StreamError(
+            f"stream.curve = false is only allowed on loopback endpoints, but {', '.join(remote)} is not; "
+            "make keys with `vla-edge keys generate --dir DIR` and set stream.curve = true"
+        )
+
+
+def configure_socket(sock: zmq.Socket, heartbeat_ms: float, *, receives: bool) -> None:
+    """Options every stream socket gets: no linger at close, ZMTP heartbeats, an inbound size cap."""
+    hb = max(1, int(heartbeat_ms))
+    sock.setsockopt(zmq.LINGER, 0)  # close never waits to flush stale commands
+    # ZMTP-level heartbeats (off by default in ZeroMQ) drop a half-open TCP connection to a frozen peer, so
+    # its reconnect starts clean. Liveness itself is decided by the application heartbeats (see docs/wire.md).
+    sock.setsockopt(zmq.HEARTBEAT_IVL, hb)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * hb)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, max(100, 3 * hb))
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    if receives:
+        # A larger message is dropped by libzmq (connection closed) before Python ever sees it.
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
