@@ -63,6 +63,7 @@ BLOCK_RGB: dict[str, tuple[int, int, int]] = {
 }
 _SUBPIXEL_BITS = 4  # OpenCV's fixed-point drawing: positions keep 1/16 px precision
 _SUBPIXEL = 1 << _SUBPIXEL_BITS
+_HALF_PIXEL = 0.5 / IMAGE_SIZE  # OpenCV puts pixel i's centre at coordinate i; the workspace puts it at i + 0.5
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,30 @@ class TabletopWorld:
         )
         self.seed = seed
 
+    def arrange(
+        self,
+        blocks: dict[str, tuple[float, float]],
+        gripper: tuple[float, float] = (0.5, 0.5),
+        grip_closed: bool = False,
+    ) -> None:
+        """Put blocks at chosen centres (angle 0, at rest; unnamed blocks keep their place) and the gripper at
+        ``gripper``, holding nothing. For tests and hand-made scenes; overlapping blocks get pushed apart."""
+        unknown = set(blocks) - set(COLOURS)
+        if unknown:
+            raise ValueError(f"unknown block colours {sorted(unknown)}; expected some of {', '.join(COLOURS)}")
+        current = {
+            c: (self.block_position(c), self.block_angle(c), np.zeros(2), 0.0) for c in COLOURS if c not in blocks
+        }
+        current.update({c: (np.asarray(p, dtype=np.float64), 0.0, np.zeros(2), 0.0) for c, p in blocks.items()})
+        self._build(
+            gripper=np.asarray(gripper, dtype=np.float64),
+            grip_closed=grip_closed,
+            blocks={c: current[c] for c in COLOURS},
+            held=None,
+            held_offset=np.zeros(2),
+            tick=self.tick,
+        )
+
     def _build(
         self,
         gripper: np.ndarray,
@@ -146,6 +171,9 @@ class TabletopWorld:
         space = pymunk.Space()
         space.gravity = (0.0, 0.0)
         space.collision_slop = 0.0005  # the default (0.1) is tuned for pixel units, not a unit square
+        # Resolve overlaps (a block dropped onto another) within a tick or two; the default takes about a second
+        # because table friction soaks up the gentle separating push.
+        space.collision_bias = (1.0 - 0.3) ** 60
         walls = [((0, 0), (1, 0)), ((1, 0), (1, 1)), ((1, 1), (0, 1)), ((0, 1), (0, 0))]
         for a, b in walls:
             wall = pymunk.Segment(space.static_body, a, b, 0.01)
@@ -306,9 +334,22 @@ class TabletopWorld:
 
     def _draw_block(self, image: np.ndarray, colour: str) -> None:
         body = self._blocks[colour].body
-        corners = [body.local_to_world(v) for v in self._blocks[colour].shape.get_vertices()]
-        points = np.array([[round(x * IMAGE_SIZE * _SUBPIXEL), round(y * IMAGE_SIZE * _SUBPIXEL)] for x, y in corners])
-        cv2.fillConvexPoly(image, points.astype(np.int32), BLOCK_RGB[colour], cv2.LINE_8, _SUBPIXEL_BITS)
+        x, y = body.position
+        x, y = x - _HALF_PIXEL, y - _HALF_PIXEL
+        scale = IMAGE_SIZE * _SUBPIXEL
+        # Half-diagonals of the rotated square; plain floats because numpy's per-call overhead dominates here.
+        c = math.cos(body.angle) * BLOCK_SIZE / 2
+        s = math.sin(body.angle) * BLOCK_SIZE / 2
+        corners = np.array(
+            [
+                (round((x + c - s) * scale), round((y + s + c) * scale)),
+                (round((x - c - s) * scale), round((y - s + c) * scale)),
+                (round((x - c + s) * scale), round((y - s - c) * scale)),
+                (round((x + c + s) * scale), round((y + s - c) * scale)),
+            ],
+            dtype=np.int32,
+        )
+        cv2.fillConvexPoly(image, corners, BLOCK_RGB[colour], cv2.LINE_8, _SUBPIXEL_BITS)
 
     # -------------------------------------------------------------------------------------------- checkpoints
     def snapshot(self) -> dict[str, Any]:
@@ -363,7 +404,8 @@ class TabletopWorld:
 
 
 def _to_fixed_point(point: np.ndarray) -> tuple[int, int]:
-    return (round(float(point[0]) * IMAGE_SIZE * _SUBPIXEL), round(float(point[1]) * IMAGE_SIZE * _SUBPIXEL))
+    scale = IMAGE_SIZE * _SUBPIXEL
+    return (round((float(point[0]) - _HALF_PIXEL) * scale), round((float(point[1]) - _HALF_PIXEL) * scale))
 
 
 def _draw_background() -> np.ndarray:
