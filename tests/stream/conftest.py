@@ -22,6 +22,12 @@ def free_endpoint() -> str:
 
 
 @pytest.fixture
+def endpoint() -> object:
+    """A factory of free loopback TCP endpoints."""
+    return free_endpoint
+
+
+@pytest.fixture
 def demo_settings() -> StreamSettings:
     """Loopback endpoints without CURVE (the demo configuration)."""
     return StreamSettings(
