@@ -15,7 +15,9 @@ import numpy as np
 
 from hil.world import BINS, COLOURS, TabletopWorld, bin_of
 
-_INSTRUCTION = re.compile(r"put the (?P<colour>[a-z]+) block in the (?P<bin>[a-z]+) bin")
+_INSTRUCTION = re.compile(
+    rf"put the (?P<colour>{'|'.join(COLOURS)}) block in the (?P<bin>{'|'.join(BINS)}) bin"
+)
 
 
 @dataclass(frozen=True)
