@@ -86,6 +86,7 @@ class TaskSettings(Section):
     verify_at_checkpoint: bool = False
     state_dir: Path = Field(Path("/var/lib/vla-edge/state"))
     step_timeout_s: float = Field(12.0, gt=0, description="A step that has not finished by then is stalled.")
+    keep_checkpoints: int = Field(5, ge=2, description="Checkpoint files kept per task (older ones are removed).")
 
 
 class OperatorSettings(Section):
@@ -100,6 +101,7 @@ class RecorderSettings(Section):
     enabled: bool = True
     dataset_dir: Path = Field(Path("/var/lib/vla-edge/dataset"))
     fps: int = Field(10, gt=0)
+    video_codec: Literal["libx264", "libsvtav1"] = Field("libx264", description="Encoder of the episode videos.")
 
 
 class TelemetrySettings(Section):
