@@ -12,6 +12,7 @@ import pytest
 
 from hil.camera_publisher import FramePublisher
 from vla_edge.camera import (
+    CameraError,
     CameraStatus,
     FrameMessage,
     FrameMessageError,
@@ -193,3 +194,16 @@ def test_wait_latest_wakes_on_a_new_frame(publisher):
         timer.join()
         assert frame is not None and frame.image[0, 0, 0] == 4
         assert time.monotonic() - start < 2.0
+
+
+def test_closed_source_hands_out_nothing(publisher):
+    source = open_source(_settings(publisher.bound_endpoint))
+    source.start()
+    _publish_until_received(publisher, source, value=0)
+    publisher.publish(_image(1), time.monotonic_ns())
+    time.sleep(0.1)
+    source.close()
+    assert source.status is CameraStatus.CLOSED
+    assert source.latest() is None and source.wait_latest(0.1) is None
+    with pytest.raises(CameraError, match="already started"):
+        source.start()

@@ -167,6 +167,8 @@ class GrabberSource(ABC):
         image = to_policy_image(rgb, self.settings.width, self.settings.height)
         now = time.monotonic_ns()
         with self._cond:
+            if self._status is CameraStatus.CLOSED:  # a grabber slow to stop must not revive a closed source
+                return False
             if t_capture_ns <= self._last_capture_ns:
                 self._counters.out_of_order += 1
                 return False

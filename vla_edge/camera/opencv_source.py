@@ -134,6 +134,8 @@ class OpenCVSource(GrabberSource):
             return None
         if bgr.ndim == 2:
             return cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB), t_capture_ns
+        if bgr.shape[2] == 4:
+            return cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB), t_capture_ns
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), t_capture_ns
 
     def _play_file(self) -> None:
