@@ -123,7 +123,7 @@ def test_stalled_publisher_is_reported_and_recovers(publisher):
         stopped = time.monotonic()
         # Nobody takes frame 1; then the publisher goes silent. The old frame must never come back.
         while source.status is not CameraStatus.STALLED:
-            assert time.monotonic() - stopped < stall_ms / 1000 + 0.5, "stall not reported in time"
+            assert time.monotonic() - stopped < stall_ms / 1000 + 1.0, "stall not reported in time"
             time.sleep(0.01)
         assert time.monotonic() - stopped >= stall_ms / 1000 - 0.15
         assert source.latest(max_age_ms=60_000) is None
