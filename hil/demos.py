@@ -126,7 +126,8 @@ def generate_demos(
 ) -> DemoSet:
     """Expert rollouts of ``n_chains`` random chains on layouts drawn from ``seed``; failed steps are dropped.
 
-    ``progress`` is called with the number of chains finished so far. About 0.6 MB of images per chain.
+    ``progress`` is called with the number of chains finished so far. Images take about 5.5 MB of memory per
+    chain (~200 frames of 27.6 kB); the compressed file about 60 kB per chain.
     """
     if n_chains < 0:
         raise ValueError(f"n_chains must be >= 0, got {n_chains}")

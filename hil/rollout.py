@@ -160,3 +160,66 @@ def summarise(results: list[ChainResult]) -> dict[str, float]:
         "mean_ticks": float(np.mean([s.ticks for s in steps])),
         "done_rate": sum(s.done_signalled for s in steps) / len(steps),
     }
+
+
+def _measure_expert(n_chains: int, seed: int) -> dict[str, float]:
+    """The scripted expert acting directly (as in demos), one action per tick."""
+    successes = steps = 0
+    ticks: list[int] = []
+    for index in range(n_chains):
+        rng = np.random.default_rng([seed, index])
+        world = TabletopWorld(int(rng.integers(2**31)))
+        expert = ScriptedExpert(rng)
+        for step in make_chain(rng, world):
+            bins_before = world.block_bins()
+            expert.reset(step)
+            count = 0
+            while not expert.finished and count < REPAIR_MAX_TICKS:
+                world.step(expert.act(world))
+                count += 1
+            successes += explain_step(world, step, bins_before).success
+            steps += 1
+            ticks.append(count)
+    return {"steps": steps, "step_success": successes / steps, "mean_ticks": float(np.mean(ticks)),
+            "max_ticks": float(np.max(ticks))}
+
+
+def _time_per_call_us(function: Callable[[], object], repeats: int) -> float:
+    import time
+
+    started = time.perf_counter_ns()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter_ns() - started) / repeats / 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from hil.expert import ExpertChunkPolicy
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hil.rollout", description="Measure the scripted expert and the world's speed (JSON out)."
+    )
+    parser.add_argument("--chains", type=int, default=100, help="10-step chains per measurement")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    world = TabletopWorld(args.seed)
+    moving = [np.array([x, 0.5, 0.0, 0.0], dtype=np.float32) for x in (0.2, 0.8)]
+    figures = {
+        "expert_direct": _measure_expert(args.chains, args.seed),
+        "expert_chunked_h8_execute4": summarise(
+            evaluate(lambda w: ExpertChunkPolicy(w, np.random.default_rng(args.seed)), args.chains, args.seed,
+                     needs_world=True)
+        ),
+        "render_us": _time_per_call_us(world.render, 5000),
+        "step_us": _time_per_call_us(lambda: world.step(moving[world.tick % 2]), 5000),
+    }
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -375,32 +375,39 @@ class TabletopWorld:
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Put the world back into a state taken by ``snapshot()`` (the physics' contact cache starts empty)."""
-        version = snapshot.get("version")
+        version = snapshot.get("version") if isinstance(snapshot, dict) else None
         if version != SNAPSHOT_VERSION:
             raise ValueError(f"world snapshot version {version!r} is not supported (expected {SNAPSHOT_VERSION})")
-        missing = set(COLOURS) - set(snapshot["blocks"])
-        if missing:
-            raise ValueError(f"world snapshot lacks blocks {sorted(missing)}")
-        held = snapshot["held"]
+        try:
+            blocks = {
+                c: (
+                    np.asarray(snapshot["blocks"][c]["position"], dtype=np.float64).reshape(2),
+                    float(snapshot["blocks"][c]["angle"]),
+                    np.asarray(snapshot["blocks"][c]["velocity"], dtype=np.float64).reshape(2),
+                    float(snapshot["blocks"][c]["angular_velocity"]),
+                )
+                for c in COLOURS
+            }
+            gripper = np.asarray(snapshot["gripper"], dtype=np.float64).reshape(2)
+            held_offset = np.asarray(snapshot["held_offset"], dtype=np.float64).reshape(2)
+            held, grip_closed = snapshot["held"], bool(snapshot["grip_closed"])
+            tick, seed = int(snapshot["tick"]), int(snapshot["seed"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"world snapshot is malformed ({type(error).__name__}: {error})") from error
         if held is not None and held not in COLOURS:
             raise ValueError(f"world snapshot holds unknown block {held!r}")
+        values = [gripper, held_offset, *(b[0] for b in blocks.values())]
+        if not all(np.all(np.isfinite(v)) for v in values):
+            raise ValueError("world snapshot contains NaN or Inf positions")
         self._build(
-            gripper=np.asarray(snapshot["gripper"], dtype=np.float64),
-            grip_closed=bool(snapshot["grip_closed"]),
-            blocks={
-                c: (
-                    np.asarray(b["position"], dtype=np.float64),
-                    float(b["angle"]),
-                    np.asarray(b["velocity"], dtype=np.float64),
-                    float(b["angular_velocity"]),
-                )
-                for c, b in snapshot["blocks"].items()
-            },
+            gripper=gripper,
+            grip_closed=grip_closed,
+            blocks=blocks,
             held=held,
-            held_offset=np.asarray(snapshot["held_offset"], dtype=np.float64),
-            tick=int(snapshot["tick"]),
+            held_offset=held_offset,
+            tick=tick,
         )
-        self.seed = int(snapshot["seed"])
+        self.seed = seed
 
 
 def _to_fixed_point(point: np.ndarray) -> tuple[int, int]:

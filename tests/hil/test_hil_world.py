@@ -198,6 +198,27 @@ def test_snapshot_is_json_and_restores_the_same_world():
         copy.restore({**snapshot, "version": 99})
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda s: s.pop("gripper"),
+        lambda s: s["blocks"].pop("red"),
+        lambda s: s["blocks"]["blue"].update(position=[0.1]),
+        lambda s: s["blocks"]["blue"].update(position=[float("nan"), 0.5]),
+        lambda s: s.update(held="purple"),
+        lambda s: s.update(tick="soon"),
+    ],
+)
+def test_a_malformed_snapshot_is_refused_and_changes_nothing(damage):
+    world = TabletopWorld(4)
+    snapshot = world.snapshot()
+    damage(snapshot)
+    before = json.dumps(world.snapshot())
+    with pytest.raises(ValueError, match="snapshot"):
+        world.restore(snapshot)
+    assert json.dumps(world.snapshot()) == before
+
+
 def test_bin_of_regions_are_disjoint_and_corners_belong_to_no_bin():
     assert bin_of((0.1, 0.5)) == "left" and bin_of((0.9, 0.5)) == "right"
     assert bin_of((0.5, 0.1)) == "top" and bin_of((0.5, 0.9)) == "bottom"
