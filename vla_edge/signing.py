@@ -203,3 +203,18 @@ def verify_bundle(bundle_dir: Path, trusted_public_keys: list[Path]) -> Signatur
         if file_sha256(path) != expected:
             raise BundleError(f"bundle {bundle_dir}: file {rel} does not match its signed sha256 (altered or corrupted)")
     return SignatureInfo(key_id=doc.key_id, key_path=Path(key_path), file_count=len(doc.files), files=dict(doc.files))
+
+
+def check_policy_signature(bundle_dir: Path, require_signature: bool,
+                           trusted_keys: list[Path]) -> SignatureInfo | None:
+    """What the daemon calls before loading a bundle (``policy.require_signature``, ``policy.trusted_keys``).
+
+    Required: verify, or raise BundleError. Not required: verify anyway when the bundle is signed and keys are
+    configured (a tampered signed bundle is refused even in a permissive setup); otherwise return None.
+    """
+    bundle_dir = Path(bundle_dir)
+    if require_signature:
+        return verify_bundle(bundle_dir, trusted_keys)
+    if trusted_keys and (bundle_dir / SIGNATURE_FILE).is_file():
+        return verify_bundle(bundle_dir, trusted_keys)
+    return None

@@ -9,29 +9,11 @@ import re
 import stat
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from vla_edge.errors import BundleError
 from vla_edge.paths import REFERENCE_BUNDLE_DIR
 from vla_edge.signing import SIGNATURE_FILE, generate_keypair, sign_bundle, verify_bundle
-
-
-def make_bundle(root: Path) -> Path:
-    """A bundle-shaped directory: manifest + fp32/int8/int4 graphs (small but real bytes)."""
-    bundle = root / "bundle"
-    rng = np.random.default_rng(0)
-    for variant in ("fp32", "int8", "int4"):
-        (bundle / variant).mkdir(parents=True)
-        for graph in ("instruction_encoder", "observation_encoder", "denoiser"):
-            (bundle / variant / f"{graph}.onnx").write_bytes(rng.bytes(257))
-    (bundle / "manifest.json").write_text(json.dumps({"name": "test", "version": "1.0.0"}))
-    return bundle
-
-
-@pytest.fixture()
-def keys(tmp_path: Path) -> tuple[Path, Path]:
-    return generate_keypair(tmp_path / "keys")
 
 
 def test_keygen_private_key_is_owner_only_and_never_overwritten(tmp_path: Path):
@@ -42,7 +24,7 @@ def test_keygen_private_key_is_owner_only_and_never_overwritten(tmp_path: Path):
         generate_keypair(tmp_path / "k")
 
 
-def test_signed_bundle_verifies(tmp_path: Path, keys):
+def test_signed_bundle_verifies(tmp_path: Path, keys, make_bundle):
     bundle = make_bundle(tmp_path)
     sign_bundle(bundle, keys[0])
     info = verify_bundle(bundle, [keys[1]])
@@ -94,7 +76,7 @@ def tamper_cases(bundle: Path, pub: Path) -> int:
     return count
 
 
-def test_every_byte_flip_add_remove_and_unsigned_are_refused(tmp_path: Path, keys):
+def test_every_byte_flip_add_remove_and_unsigned_are_refused(tmp_path: Path, keys, make_bundle):
     bundle = make_bundle(tmp_path)
     sign_bundle(bundle, keys[0])
     count = tamper_cases(bundle, keys[1])
@@ -104,7 +86,7 @@ def test_every_byte_flip_add_remove_and_unsigned_are_refused(tmp_path: Path, key
     verify_bundle(bundle, [keys[1]])
 
 
-def test_signature_replaced_by_another_key_is_refused(tmp_path: Path, keys):
+def test_signature_replaced_by_another_key_is_refused(tmp_path: Path, keys, make_bundle):
     bundle = make_bundle(tmp_path)
     sign_bundle(bundle, keys[0])
     other_priv, other_pub = generate_keypair(tmp_path / "other")
@@ -114,7 +96,7 @@ def test_signature_replaced_by_another_key_is_refused(tmp_path: Path, keys):
     assert verify_bundle(bundle, [keys[1], other_pub]).key_path == other_pub
 
 
-def test_digest_list_edited_to_match_tampered_file_is_refused(tmp_path: Path, keys):
+def test_digest_list_edited_to_match_tampered_file_is_refused(tmp_path: Path, keys, make_bundle):
     import hashlib
 
     bundle = make_bundle(tmp_path)
@@ -130,7 +112,7 @@ def test_digest_list_edited_to_match_tampered_file_is_refused(tmp_path: Path, ke
     _expect_refusal(bundle, keys[1], "does not match its file list")
 
 
-def test_symlink_in_bundle_is_refused(tmp_path: Path, keys):
+def test_symlink_in_bundle_is_refused(tmp_path: Path, keys, make_bundle):
     bundle = make_bundle(tmp_path)
     outside = tmp_path / "outside.onnx"
     outside.write_bytes(b"x")
@@ -139,7 +121,7 @@ def test_symlink_in_bundle_is_refused(tmp_path: Path, keys):
         sign_bundle(bundle, keys[0])
 
 
-def test_no_trusted_keys_and_bad_key_files_are_clear(tmp_path: Path, keys):
+def test_no_trusted_keys_and_bad_key_files_are_clear(tmp_path: Path, keys, make_bundle):
     bundle = make_bundle(tmp_path)
     sign_bundle(bundle, keys[0])
     with pytest.raises(BundleError, match="no trusted public keys"):
@@ -151,7 +133,7 @@ def test_no_trusted_keys_and_bad_key_files_are_clear(tmp_path: Path, keys):
 
 
 @pytest.mark.skipif(not (REFERENCE_BUNDLE_DIR / "manifest.json").exists(), reason="reference bundle not built yet")
-def test_reference_bundle_tamper(tmp_path: Path, keys):
+def test_reference_bundle_tamper(tmp_path: Path, keys, make_bundle):
     import shutil
 
     bundle = tmp_path / "reference"
@@ -160,3 +142,24 @@ def test_reference_bundle_tamper(tmp_path: Path, keys):
     count = tamper_cases(bundle, keys[1])
     print(f"reference bundle: {count} tamper cases refused")
     assert count >= 3 * 10 + 3
+
+
+def test_daemon_policy_check_refuses_unless_configured_otherwise(tmp_path: Path, keys, make_bundle):
+    from vla_edge.config import load_settings
+    from vla_edge.signing import check_policy_signature
+
+    bundle = make_bundle(tmp_path)
+    strict = load_settings(policy={"require_signature": True, "trusted_keys": [str(keys[1])]}).policy
+    lax = load_settings(policy={"require_signature": False}).policy
+    with pytest.raises(BundleError, match="not signed"):
+        check_policy_signature(bundle, strict.require_signature, strict.trusted_keys)
+    assert check_policy_signature(bundle, lax.require_signature, lax.trusted_keys) is None
+    sign_bundle(bundle, keys[0])
+    assert check_policy_signature(bundle, strict.require_signature, strict.trusted_keys).file_count == 10
+    (bundle / "int4" / "denoiser.onnx").write_bytes(b"tampered")
+    with pytest.raises(BundleError, match="int4/denoiser.onnx"):
+        check_policy_signature(bundle, strict.require_signature, strict.trusted_keys)
+    # Signed and keys known: refused even where signatures are optional.
+    with pytest.raises(BundleError, match="int4/denoiser.onnx"):
+        check_policy_signature(bundle, False, strict.trusted_keys)
+    assert check_policy_signature(bundle, False, []) is None
