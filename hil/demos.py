@@ -81,7 +81,9 @@ class DemoSet:
             raise ValueError(f"{path} is not a demo file written by hil.demos: {error}") from error
         version = int(arrays.get("format_version", -1))
         if version != DEMOS_FORMAT_VERSION:
-            raise ValueError(f"{path}: demo format version {version} is not supported (expected {DEMOS_FORMAT_VERSION})")
+            raise ValueError(
+                f"{path}: demo format version {version} is not supported (expected {DEMOS_FORMAT_VERSION})"
+            )
         demos = cls(
             images=arrays["images"],
             states=arrays["states"],

@@ -180,8 +180,12 @@ def _measure_expert(n_chains: int, seed: int) -> dict[str, float]:
             successes += explain_step(world, step, bins_before).success
             steps += 1
             ticks.append(count)
-    return {"steps": steps, "step_success": successes / steps, "mean_ticks": float(np.mean(ticks)),
-            "max_ticks": float(np.max(ticks))}
+    return {
+        "steps": steps,
+        "step_success": successes / steps,
+        "mean_ticks": float(np.mean(ticks)),
+        "max_ticks": float(np.max(ticks)),
+    }
 
 
 def _time_per_call_us(function: Callable[[], object], repeats: int) -> float:
@@ -208,12 +212,13 @@ def main(argv: list[str] | None = None) -> int:
 
     world = TabletopWorld(args.seed)
     moving = [np.array([x, 0.5, 0.0, 0.0], dtype=np.float32) for x in (0.2, 0.8)]
+
+    def expert_policy(w: TabletopWorld) -> ChunkPolicy:
+        return ExpertChunkPolicy(w, np.random.default_rng(args.seed))
+
     figures = {
         "expert_direct": _measure_expert(args.chains, args.seed),
-        "expert_chunked_h8_execute4": summarise(
-            evaluate(lambda w: ExpertChunkPolicy(w, np.random.default_rng(args.seed)), args.chains, args.seed,
-                     needs_world=True)
-        ),
+        "expert_chunked_h8_execute4": summarise(evaluate(expert_policy, args.chains, args.seed, needs_world=True)),
         "render_us": _time_per_call_us(world.render, 5000),
         "step_us": _time_per_call_us(lambda: world.step(moving[world.tick % 2]), 5000),
     }

@@ -168,7 +168,14 @@ def test_hold_keeps_position_and_grip():
 
 @pytest.mark.parametrize(
     "action",
-    [[np.nan, 0.5, 0, 0], [0.5, np.inf, 0, 0], [0.5, 0.5, np.nan, 0], [0.5, 0.5, 0, -np.inf], [0.5, 0.5, 0], [[0.5] * 4]],
+    [
+        [np.nan, 0.5, 0, 0],
+        [0.5, np.inf, 0, 0],
+        [0.5, 0.5, np.nan, 0],
+        [0.5, 0.5, 0, -np.inf],
+        [0.5, 0.5, 0],
+        [[0.5] * 4],
+    ],
 )
 def test_bad_actions_are_refused_and_change_nothing(action):
     world = TabletopWorld(3)
