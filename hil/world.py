@@ -108,8 +108,9 @@ class TabletopWorld:
     """Four blocks, four bins and a position-controlled gripper, stepped at ``CONTROL_RATE_HZ``."""
 
     def __init__(self, seed: int | None = None) -> None:
+        """A world with the layout of ``seed``; None draws a fresh seed (kept in ``self.seed`` to reproduce)."""
         self._background = _draw_background()
-        self.reset(0 if seed is None else seed)
+        self.reset(int(np.random.SeedSequence().generate_state(1)[0] >> 1) if seed is None else seed)
 
     # ----------------------------------------------------------------------------------------------- layout
     def reset(self, seed: int) -> None:
@@ -149,6 +150,9 @@ class TabletopWorld:
             c: (self.block_position(c), self.block_angle(c), np.zeros(2), 0.0) for c in COLOURS if c not in blocks
         }
         current.update({c: (np.asarray(p, dtype=np.float64), 0.0, np.zeros(2), 0.0) for c, p in blocks.items()})
+        for point in [gripper, *blocks.values()]:
+            if np.shape(point) != (2,) or not np.all((np.asarray(point) >= 0.0) & (np.asarray(point) <= 1.0)):
+                raise ValueError(f"arrange: {point!r} is not a point (x, y) inside the unit square")
         self._build(
             gripper=np.asarray(gripper, dtype=np.float64),
             grip_closed=grip_closed,

@@ -243,3 +243,14 @@ def test_show_writes_a_png(tmp_path):
 
 def test_action_dim_matches_contract():
     assert ACTION_DIM == 4 and STATE_DIM == 3 and COLOURS == ("red", "green", "blue", "yellow")
+
+
+def test_no_seed_draws_a_fresh_layout_that_its_seed_reproduces():
+    world = TabletopWorld()
+    np.testing.assert_array_equal(layout(TabletopWorld(world.seed)), layout(world))
+
+
+@pytest.mark.parametrize("blocks", [{"red": (1.2, 0.5)}, {"red": (float("nan"), 0.5)}, {"purple": (0.5, 0.5)}])
+def test_arrange_refuses_impossible_scenes(blocks):
+    with pytest.raises(ValueError):
+        TabletopWorld(0).arrange(blocks)
