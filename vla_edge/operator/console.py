@@ -233,6 +233,8 @@ class ConsoleModel:
                         self._step_status[i] = "pending"
             elif event.kind == "task_finished":
                 self._status = event.detail.get("status", "stopped")
+            if event.kind == "step_report" and event.detail.get("outcome") == "done":
+                return  # "step finished" says it, with how
             self._events.append(self._event_view(event))
 
     # -- reads for the HTTP handlers ---------------------------------------------------------------------------
