@@ -117,7 +117,7 @@ class FaultProxy:
         try:
             while not self._stop.is_set():
                 now = time.monotonic_ns()
-                wait_ms = 10.0
+                wait_ms = 2.0  # also the latency of inject(); keeps injected frames apart
                 if self._queue:
                     wait_ms = max(0.0, min(wait_ms, (self._queue[0][0] - now) / 1e6))
                 if poller.poll(wait_ms):
