@@ -133,7 +133,8 @@ class StepExecutor(Protocol):
         self, step_index: int, instruction: str, stop: threading.Event, *, override_once: bool = False
     ) -> StepReport:
         """Run the policy on this step until it signals done, a chunk fails the confidence verdict (the arm is
-        then holding; outcome "low_confidence"), the step stalls ("stalled") or ``stop`` is set ("stopped").
+        then holding; outcome "low_confidence"), the step stalls (no done within ``TaskSettings.step_timeout_s``;
+        the executor owns that clock: "stalled") or ``stop`` is set ("stopped").
         ``override_once``: the operator approved the low-confidence chunk; actuate it once, then check again."""
         ...
 
@@ -390,6 +391,8 @@ class TaskRunner:
         continues after it. abort: the task ends.
         """
         covered = tuple(range(segment_start, next_step))
+        if not covered:
+            return _SegmentVerdict("continue", next_step)  # nothing ran since the previous checkpoint
         last = next_step - 1
         self.executor.hold("checkpoint: waiting for the operator to verify")
         answer = self._ask(
