@@ -488,6 +488,7 @@ class ControllerClient:
         became_ready = False
         with self._lock:
             assert isinstance(message, (ActionCommand, Hold))
+            self._counters["rx_action" if isinstance(message, ActionCommand) else "rx_hold"] += 1
             if self._session is None or message.session != self._session:
                 # Before the Welcome every message is "wrong session": the daemon's handshake Holds land here.
                 self._counters["rejected_wrong_session"] += 1

@@ -1,0 +1,102 @@
+"""No silent queueing: no motion before the handshake whichever side starts first, the first command after
+it is not lost (slow joiner), and a stalled controller is left with at most one old command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from hil.soak import LIMITS, START, spawn_peer
+from vla_edge.controller import ControllerClient
+from vla_edge.stream import ActionStream
+
+
+def _drive_until_ready(daemon: ActionStream, client: ControllerClient, timeout_s: float) -> tuple[int, int]:
+    """Send commands and tick the controller until the handshake completes; nothing may move before it."""
+    unsent = moved_early = 0
+    deadline = time.monotonic() + timeout_s
+    while not daemon.controller_ready() and time.monotonic() < deadline:
+        if daemon.send_action(np.array([0.55, 0.5, 0.0, 0.0]), time.monotonic_ns()) == -1:
+            unsent += 1
+        if not client.next_setpoint().holding:
+            moved_early += 1
+        time.sleep(0.005)
+    return unsent, moved_early
+
+
+def _first_command_is_executed(daemon: ActionStream, client: ControllerClient, wait) -> bool:
+    assert wait(client.ready, 2.0)
+    seq = daemon.send_action(np.array([0.52, 0.5, 0.0, 0.0]), time.monotonic_ns())
+    assert seq >= 0
+    return wait(lambda: client.next_setpoint().seq == seq, 1.0)
+
+
+@pytest.mark.parametrize("first", ["controller", "daemon"])
+def test_no_motion_before_handshake_whichever_starts_first(first, demo_settings, limits, start_position, wait):
+    daemon = ActionStream(demo_settings, action_dim=4)
+    client = ControllerClient(demo_settings, limits, start_position)
+    try:
+        if first == "controller":
+            client.start()
+            time.sleep(0.3)  # Hellos go nowhere; nothing queues (IMMEDIATE)
+            assert client.next_setpoint().reason == "handshake"
+            daemon.start()
+        else:
+            daemon.start()
+            for _ in range(20):  # the scheduler may already be ticking: nothing is sent, all counted
+                assert daemon.send_action(np.full(4, 0.5), time.monotonic_ns()) == -1
+                time.sleep(0.01)
+            client.start()
+        unsent, moved_early = _drive_until_ready(daemon, client, 10.0)
+        assert daemon.controller_ready()
+        assert moved_early == 0
+        assert daemon.counters()["unsent_not_ready"] >= unsent
+        assert _first_command_is_executed(daemon, client, wait), "the first command after the handshake was lost"
+        print(f"\n{first} first: {daemon.counters()['unsent_not_ready']} commands refused before the handshake "
+              f"(counted, not queued), 0 moves before it, first command after it executed")
+    finally:
+        client.close()
+        daemon.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stall_s", [0.05, 1.0])
+def test_stalled_controller_gets_at_most_one_old_command(stall_s, demo_settings, wait):
+    """SIGSTOP the controller process, send 50 commands, SIGCONT: it must receive at most one of them.
+
+    Short stalls are bounded by CONFLATE on the controller's SUB; stalls longer than the ZMTP heartbeat
+    timeout also drop the connection (the daemon's PUB then discards instead of queueing)."""
+    with ActionStream(demo_settings, action_dim=4) as daemon:
+        controller = spawn_peer("controller", demo_settings, 50.0)
+        try:
+            assert daemon.wait_for_controller(20.0)
+            values = START + np.array([0.02, 0.0, 0.0, 0.0])
+            seq = daemon.send_action(values, time.monotonic_ns())
+            assert wait(lambda: daemon.latest_state() is not None and daemon.latest_state().seq_applied == seq, 2.0)
+            time.sleep(0.1)
+            before = daemon.latest_state().counters
+            os.kill(controller.pid, signal.SIGSTOP)
+            for i in range(50):
+                daemon.send_action(values + np.array([0.0, 0.001 * (i % 3), 0.0, 0.0]), time.monotonic_ns())
+                time.sleep(stall_s / 50)
+            os.kill(controller.pid, signal.SIGCONT)
+            assert wait(lambda: daemon.latest_state().t_sent_ns > time.monotonic_ns() - 50_000_000, 3.0)
+            time.sleep(0.3)
+            after = daemon.latest_state().counters
+        finally:
+            if controller.poll() is None:
+                os.kill(controller.pid, signal.SIGCONT)
+                controller.kill()
+            controller.wait(timeout=5)
+    received = after.get("rx_action", 0) - before.get("rx_action", 0)
+    executed = after.get("executed", 0) - before.get("executed", 0)
+    print(f"\nstalled controller: 50 commands sent during a {stall_s:.2f} s SIGSTOP; it received {received} after SIGCONT "
+          f"(backlog bound 1), executed {executed} (only the newest can still be inside its "
+          f"{demo_settings.command_ttl_ms:.0f} ms TTL)")
+    assert received <= 1 and executed <= received
+    if stall_s < 3 * demo_settings.heartbeat_ms / 1000:
+        assert received == 1, "a short stall keeps the connection: the newest command must still arrive"
