@@ -1,0 +1,59 @@
+"""``vla-edge run``: the daemon. Loads the config, brings the pipeline up, runs the task, holds on exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from vla_edge.config import load_settings
+from vla_edge.errors import VlaEdgeError
+from vla_edge.service import Daemon
+from vla_edge.task import load_task
+from vla_edge.telemetry import configure_logging
+
+log = logging.getLogger("vla_edge.run")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the daemon (camera → policy → confidence → action stream) on a task",
+        description="Run the vla-edge daemon. Stops cleanly on SIGTERM or ctrl-C with the arm holding.",
+    )
+    parser.add_argument("--config", type=Path, default=None, help="TOML config file (env VLA_EDGE_* overrides it)")
+    parser.add_argument("--task", type=Path, required=True, help="task file (TOML/JSON): task_id and steps")
+    parser.add_argument("--controller-timeout", type=float, default=30.0,
+                        help="seconds to wait for the motor controller's handshake before giving up")
+    parser.set_defaults(func=run)
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM (systemd) and SIGINT (ctrl-C) end the run through the same path: set stop, the loop holds."""
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s; stopping with the arm holding", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.telemetry)
+    spec = load_task(args.task)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    with Daemon(settings) as daemon:
+        if not daemon.wait_for_controller(args.controller_timeout):
+            raise VlaEdgeError(
+                f"no motor controller completed the handshake on {settings.stream.command_endpoint} within "
+                f"{args.controller_timeout:g} s; is it running, and are its keys authorised?"
+            )
+        daemon.ready()
+        result = daemon.run_task(spec, stop)
+    log.info("task %s ended: %s at step %d", result.task_id, result.status, result.next_step)
+    return 0 if result.status == "completed" else (0 if result.status == "stopped" else 1)

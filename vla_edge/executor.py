@@ -1,0 +1,287 @@
+"""The policy step executor: one step of a task, tick by tick, from camera frames to commands on the wire.
+
+Each control tick (fixed rate, monotonic clock) it
+
+1. takes the newest camera frame (never one older than ``camera.max_frame_age_ms``),
+2. asks the `ChunkScheduler` what the motors do now; the scheduler's worker thread plans chunks with the policy
+   and the confidence monitor in the background,
+3. sends that action on the `ActionStream` with its due time, or a hold when there is nothing valid to send,
+4. records the tick (dataset, telemetry, console) and tells the watchdog the loop made progress.
+
+A step ends when an executed action says ``done``; when a chunk fails its confidence verdict (the arm holds and
+the task runner escalates); when the step runs past ``task.step_timeout_s`` (stalled); or when asked to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vla_edge.camera import FrameSource
+from vla_edge.confidence import ChunkContext, ConfidenceMonitor, select_chunk
+from vla_edge.operator.escalation import TeleopChannel
+from vla_edge.policy import PolicyRunner
+from vla_edge.scheduler import ChunkScheduler, InferenceRequest, PlannedChunk, RateLoop, TickDecision
+from vla_edge.stream import ActionStream
+from vla_edge.task import StepReport
+from vla_edge.types import Frame, Observation, Verdict
+
+log = logging.getLogger(__name__)
+
+DONE_INDEX = 3  # the action's "step finished" flag (the reference action space: x, y, grip, done)
+GRIP_INDEX = 2
+
+
+class TickObserver:
+    """Receives what happens at each tick (telemetry, console, recorder). Every method is optional to act on."""
+
+    def on_tick(self, decision: TickDecision, lateness_ns: int, sent: np.ndarray | None, frame: Frame | None,
+                state: np.ndarray | None, instruction: str, intervention: bool) -> None: ...
+
+    def on_chunk(self, planned: PlannedChunk) -> None: ...
+
+    def on_step_end(self, report: StepReport, instruction: str) -> None: ...
+
+
+@dataclass
+class ExecutorSettings:
+    num_samples: int
+    control_rate_hz: float
+    replan_when_remaining: int
+    boundary: str
+    blend_steps: int
+    max_frame_age_ms: float
+    step_timeout_s: float
+    state_dim: int
+
+
+@dataclass
+class _ChunkMemory:
+    """The last accepted chunk, for the temporal-consistency signal (written by the tick, read by the worker)."""
+
+    samples: object | None = None
+    start_tick: int = 0
+    last_executed: np.ndarray | None = None
+    override_next: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PolicyStepExecutor:
+    """Implements `vla_edge.task.StepExecutor` on the real policy, camera and action stream."""
+
+    def __init__(
+        self,
+        policy: PolicyRunner,
+        monitor: ConfidenceMonitor | None,
+        camera: FrameSource,
+        stream: ActionStream,
+        settings: ExecutorSettings,
+        observers: list[TickObserver] | None = None,
+        progress: callable | None = None,
+    ) -> None:
+        self.policy = policy
+        self.monitor = monitor
+        self.camera = camera
+        self.stream = stream
+        self.settings = settings
+        self.observers = observers or []
+        self._progress = progress or (lambda: None)
+        self._frame: Frame | None = None
+        self._last_planned_seq = -1
+        self._instruction = ""
+        self._memory = _ChunkMemory()
+        self._scheduler = ChunkScheduler(
+            self._plan,
+            self._observe,
+            horizon=policy.horizon,
+            action_dim=policy.action_dim,
+            replan_when_remaining=settings.replan_when_remaining,
+            boundary=settings.boundary,  # type: ignore[arg-type]
+            blend_steps=settings.blend_steps,
+        )
+        self._holding_reason: str | None = None
+
+    def close(self) -> None:
+        self._scheduler.close()
+
+    @property
+    def scheduler(self) -> ChunkScheduler:
+        return self._scheduler
+
+    # -- StepExecutor --------------------------------------------------------------------------------------------
+    def run_step(
+        self, step_index: int, instruction: str, stop: threading.Event, *, override_once: bool = False
+    ) -> StepReport:
+        self._begin(instruction)
+        with self._memory.lock:
+            self._memory.override_next = override_once
+        loop = RateLoop(self.settings.control_rate_hz)
+        started = time.monotonic_ns()
+        timeout_ns = int(self.settings.step_timeout_s * 1e9)
+        ticks = 0
+        while True:
+            if stop.is_set():
+                return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped")
+            lateness = loop.wait()
+            self._pull_frame()
+            decision = self._scheduler.tick(loop.tick)
+            ticks += 1
+            if decision.new_chunk is not None:
+                self._accept(decision.new_chunk)
+            if decision.rejected_chunk is not None:
+                verdict = decision.rejected_chunk.verdict
+                self._notify_chunk(decision.rejected_chunk)
+                self._send_hold("low_confidence")
+                report = StepReport("low_confidence", self.latest_frame(), _figures(verdict), verdict.reason, ticks)
+                self._after_tick(decision, lateness, None, instruction, intervention=False)
+                return self._end(report, "low_confidence")
+            sent = self._send(decision)
+            self._after_tick(decision, lateness, sent, instruction, intervention=False)
+            if sent is not None and sent[DONE_INDEX] > 0.5:
+                return self._end(StepReport("done", self.latest_frame(), {}, "", ticks), None)
+            if time.monotonic_ns() - started > timeout_ns:
+                self._send_hold("stalled")
+                why = f"step did not finish within {self.settings.step_timeout_s:g} s"
+                if decision.hold_reason:
+                    why += f" (last hold: {decision.hold_reason})"
+                return self._end(StepReport("stalled", self.latest_frame(), {}, why, ticks), "stalled")
+
+    def teleoperate(
+        self, step_index: int, instruction: str, commands: TeleopChannel, stop: threading.Event
+    ) -> StepReport:
+        self._begin(instruction)
+        loop = RateLoop(self.settings.control_rate_hz)
+        target = self._measured_state()
+        position = np.array(target[:2] if target is not None else [0.5, 0.5], dtype=np.float64)
+        grip = float(target[GRIP_INDEX]) if target is not None and target.shape[0] > GRIP_INDEX else 0.0
+        ticks = 0
+        while not stop.is_set():
+            lateness = loop.wait()
+            self._pull_frame()
+            move = commands.take()
+            if move is not None:
+                position = np.clip(position + [move.dx, move.dy], 0.0, 1.0)
+                if move.grip is not None:
+                    grip = float(move.grip)
+            done = commands.done
+            action = np.array([position[0], position[1], grip, 1.0 if done else 0.0], dtype=np.float32)
+            self.stream.send_action(action, time.monotonic_ns())
+            self._holding_reason = None
+            ticks += 1
+            decision = TickDecision(tick=loop.tick, action=action)
+            self._after_tick(decision, lateness, action, instruction, intervention=True)
+            if done:
+                return self._end(StepReport("done", self.latest_frame(), {}, "operator finished the step", ticks),
+                                 None, intervention=True)
+        return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped",
+                         intervention=True)
+
+    def hold(self, reason: str) -> None:
+        self._send_hold(reason)
+
+    def latest_frame(self) -> np.ndarray | None:
+        frame = self._frame
+        return None if frame is None else frame.image
+
+    # -- the tick's helpers --------------------------------------------------------------------------------------
+    def _begin(self, instruction: str) -> None:
+        self._scheduler.reset()
+        self._instruction = instruction
+        with self._memory.lock:
+            self._memory.samples = None
+            self._memory.last_executed = None
+
+    def _end(self, report: StepReport, hold_reason: str | None, *, intervention: bool = False) -> StepReport:
+        if hold_reason is not None:
+            self._send_hold(hold_reason)
+        self._scheduler.reset()
+        for observer in self.observers:
+            observer.on_step_end(report, self._instruction)
+        return report
+
+    def _pull_frame(self) -> None:
+        frame = self.camera.latest(self.settings.max_frame_age_ms)
+        if frame is not None:
+            self._frame = frame
+        elif self._frame is not None:
+            age_ms = (time.monotonic_ns() - self._frame.t_capture_ns) / 1e6
+            if age_ms > self.settings.max_frame_age_ms:
+                self._frame = None  # never plan on, show or record a stale frame
+
+    def _measured_state(self) -> np.ndarray | None:
+        report = self.stream.latest_state()
+        if report is None:
+            return None
+        return np.asarray(report.actual[: self.settings.state_dim], dtype=np.float32)
+
+    def _observe(self) -> Observation | None:
+        frame = self._frame
+        if frame is None or frame.seq == self._last_planned_seq:
+            return None
+        state = self._measured_state()
+        if state is None or state.shape[0] != self.settings.state_dim:
+            return None
+        self._last_planned_seq = frame.seq
+        return Observation(frame.image, state, self._instruction, frame.t_capture_ns)
+
+    def _plan(self, request: InferenceRequest) -> PlannedChunk:
+        started = time.perf_counter()
+        obs = request.observation
+        prefix = request.prefix if request.prefix.shape[0] > 0 else None
+        samples = self.policy.infer(obs.image, obs.state, obs.instruction, self.settings.num_samples, prefix,
+                                    t_obs_ns=obs.t_capture_ns)
+        chunk = select_chunk(samples.actions)
+        with self._memory.lock:
+            previous, previous_start = self._memory.samples, self._memory.start_tick
+            last = self._memory.last_executed
+            override, self._memory.override_next = self._memory.override_next, False
+        if self.monitor is None:
+            verdict = Verdict(True, (), "confidence checks disabled")
+        else:
+            context = ChunkContext(previous, previous_start, request.start_tick,
+                                   prefix[-1] if prefix is not None else last)
+            verdict = self.monitor.evaluate(samples, chunk, context)
+        if override and not verdict.passed:
+            verdict = Verdict(True, verdict.signals, f"approved by the operator despite {verdict.reason}")
+        latency_ms = (time.perf_counter() - started) * 1e3
+        return PlannedChunk(request, samples, verdict, chunk, latency_ms)
+
+    def _accept(self, planned: PlannedChunk) -> None:
+        with self._memory.lock:
+            self._memory.samples = planned.samples
+            self._memory.start_tick = planned.request.start_tick
+        self._notify_chunk(planned)
+
+    def _notify_chunk(self, planned: PlannedChunk) -> None:
+        for observer in self.observers:
+            observer.on_chunk(planned)
+
+    def _send(self, decision: TickDecision) -> np.ndarray | None:
+        if decision.action is None:
+            self._send_hold(decision.hold_reason or "no_chunk")
+            return None
+        self.stream.send_action(decision.action, time.monotonic_ns())
+        self._holding_reason = None
+        with self._memory.lock:
+            self._memory.last_executed = decision.action
+        return decision.action
+
+    def _send_hold(self, reason: str) -> None:
+        if self._holding_reason != reason:  # one hold message per change of reason, not one per tick
+            self.stream.send_hold(reason)
+            self._holding_reason = reason
+
+    def _after_tick(self, decision: TickDecision, lateness: int, sent: np.ndarray | None, instruction: str,
+                    *, intervention: bool) -> None:
+        self._progress()
+        state = self._measured_state()
+        for observer in self.observers:
+            observer.on_tick(decision, lateness, sent, self._frame, state, instruction, intervention)
+
+
+def _figures(verdict: Verdict) -> dict[str, float]:
+    return {s.name: float(s.value) for s in verdict.signals}

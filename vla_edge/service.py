@@ -1,0 +1,276 @@
+"""The daemon: every stage built from one `Settings` object, started in order and stopped in reverse.
+
+Read `Daemon.start` to see the whole pipeline come up: bundle (signature, digests) → policy sessions →
+confidence monitor → camera → action stream → telemetry → operator console → step executor. `Daemon.run_task`
+runs one task through the `TaskRunner` (checkpoints, escalation). Stopping leaves the arm holding: the executor
+sends a hold, then the stream closes, and the controller's stale watchdog holds whatever happens next.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+from vla_edge.bundle import Bundle, load_bundle
+from vla_edge.camera import CameraStatus, open_source
+from vla_edge.checkpoint import CheckpointStore
+from vla_edge.confidence import DEFAULT_THRESHOLDS, ActionBounds, ConfidenceMonitor, EmbeddingStats
+from vla_edge.config import Settings
+from vla_edge.errors import BundleError, VlaEdgeError
+from vla_edge.executor import ExecutorSettings, PolicyStepExecutor, TickObserver
+from vla_edge.operator.console import ConsoleModel, OperatorConsole
+from vla_edge.operator.escalation import EscalationQueue, TeleopChannel
+from vla_edge.policy import PolicyRunner
+from vla_edge.scheduler import PlannedChunk, TickDecision
+from vla_edge.sdnotify import Notifier, WatchdogGate, watchdog_interval_s
+from vla_edge.signing import verify_bundle
+from vla_edge.stream import ActionStream
+from vla_edge.task import StepReport, TaskEvent, TaskResult, TaskRunner, TaskSpec
+from vla_edge.telemetry import DaemonMetrics, HealthSampler, MetricsServer, build_status
+from vla_edge.types import Frame
+
+log = logging.getLogger(__name__)
+
+
+def open_bundle(settings: Settings) -> Bundle:
+    """Check the signature (when required), then every file's digest, then the manifest."""
+    policy = settings.policy
+    if policy.require_signature:
+        info = verify_bundle(policy.bundle, list(policy.trusted_keys))
+        log.info("bundle %s signed by key %s (%d files)", policy.bundle, info.key_id, info.file_count)
+    else:
+        log.warning("bundle signature not checked (policy.require_signature = false)")
+    return load_bundle(policy.bundle)
+
+
+def build_monitor(bundle: Bundle, settings: Settings) -> ConfidenceMonitor | None:
+    if not settings.confidence.enabled:
+        log.warning("confidence checks are disabled: every chunk will be actuated")
+        return None
+    manifest = bundle.manifest
+    space = manifest.action_space
+    bounds = ActionBounds(np.asarray(space.low), np.asarray(space.high), np.asarray(space.max_delta))
+    stats = manifest.embedding_stats
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    thresholds.update(manifest.confidence_thresholds or {})
+    if settings.confidence.thresholds_file is not None:
+        thresholds.update(load_thresholds(settings.confidence.thresholds_file))
+    position_dims = np.array([i for i, name in enumerate(space.names) if name not in ("grip", "done")])
+    return ConfidenceMonitor(
+        bounds=bounds,
+        embedding_stats=EmbeddingStats(np.asarray(stats.mean), np.asarray(stats.std)),
+        thresholds=thresholds,
+        spread_dims=position_dims if position_dims.size else None,
+    )
+
+
+def load_thresholds(path: Path) -> dict[str, float]:
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VlaEdgeError(f"confidence thresholds file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise VlaEdgeError(f"confidence thresholds file {path} is not valid JSON: {exc}") from None
+    thresholds = data.get("thresholds", data)
+    if not isinstance(thresholds, dict) or not all(isinstance(v, (int, float)) for v in thresholds.values()):
+        raise VlaEdgeError(f"confidence thresholds file {path} must map signal names to numbers")
+    return {str(k): float(v) for k, v in thresholds.items()}
+
+
+class _TelemetryObserver(TickObserver):
+    def __init__(self, metrics: DaemonMetrics, console: ConsoleModel | None) -> None:
+        self.metrics = metrics
+        self.console = console
+
+    def on_tick(self, decision: TickDecision, lateness_ns: int, sent, frame, state, instruction, intervention):
+        outcome = "teleop" if intervention else ("action" if sent is not None else f"hold_{decision.hold_reason}")
+        self.metrics.record_tick(outcome, lateness_ns / 1e9)
+
+    def on_chunk(self, planned: PlannedChunk) -> None:
+        self.metrics.record_chunk()
+        self.metrics.record_timings_ms(planned.samples.timings_ms)
+        self.metrics.record_stage("plan", planned.latency_ms / 1e3)
+        verdict = planned.verdict
+        self.metrics.record_confidence([(s.name, s.value, s.threshold) for s in verdict.signals], verdict.passed)
+        if self.console is not None:
+            self.console.add_verdict(verdict)
+
+    def on_step_end(self, report: StepReport, instruction: str) -> None:
+        if report.outcome in ("low_confidence", "stalled"):
+            self.metrics.record_escalation(report.outcome)
+
+
+class _RecorderObserver(TickObserver):
+    """One dataset episode per step attempt; each frame says whether a human was driving."""
+
+    def __init__(self, recorder) -> None:
+        self.recorder = recorder
+        self._last_sent: np.ndarray | None = None
+
+    def on_tick(self, decision, lateness_ns, sent, frame: Frame | None, state, instruction, intervention):
+        if sent is not None:
+            self._last_sent = sent
+        if frame is None or state is None or self._last_sent is None:
+            return
+        self.recorder.add_frame(frame.image, state, self._last_sent, intervention, instruction)
+
+    def on_step_end(self, report: StepReport, instruction: str) -> None:
+        self.recorder.end_episode(success=report.outcome == "done")
+        self._last_sent = None
+
+
+class Daemon:
+    """Owns every stage of the pipeline. Use as a context manager, or call start() and close()."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stack = ExitStack()
+        self.escalations = EscalationQueue()
+        self.teleop = TeleopChannel()
+        self.console_model = ConsoleModel(self.escalations, self.teleop)
+        self.metrics = DaemonMetrics()
+        self.notifier = Notifier()
+        self.bundle: Bundle | None = None
+        self.policy: PolicyRunner | None = None
+        self.executor: PolicyStepExecutor | None = None
+        self.stream: ActionStream | None = None
+        self.console: OperatorConsole | None = None
+        self.metrics_server: MetricsServer | None = None
+        self._watchdog: WatchdogGate | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        s = self.settings
+        self.bundle = open_bundle(s)
+        manifest = self.bundle.manifest
+        self.policy = PolicyRunner(self.bundle, s.policy.precision, s.policy.providers, s.policy.intra_op_threads,
+                                   s.policy.seed)
+        monitor = build_monitor(self.bundle, s)
+
+        camera = open_source(s.camera)
+        camera.start()
+        self._stack.callback(camera.close)
+        self.camera = camera
+
+        self.stream = ActionStream(s.stream, manifest.action_dim)
+        self.stream.start()
+        self._stack.callback(self.stream.close)
+
+        self.metrics_server = MetricsServer(self.metrics, s.telemetry.metrics_host, s.telemetry.metrics_port,
+                                            status_provider=self._status).start()
+        self._stack.callback(self.metrics_server.stop)
+        health = HealthSampler(self.metrics).start()
+        self._stack.callback(health.stop)
+
+        if s.operator.enabled:
+            self.console_model.set_frame_provider(lambda: self.executor.latest_frame() if self.executor else None)
+            self.console = OperatorConsole(self.console_model, s.operator)
+            self.console.start()
+            self._stack.callback(self.console.stop)
+
+        observers: list[TickObserver] = [_TelemetryObserver(self.metrics, self.console_model)]
+        if s.recorder.enabled:
+            from vla_edge.recorder import EpisodeRecorder, RecordingFeatures
+
+            features = RecordingFeatures(
+                image_height=s.camera.height, image_width=s.camera.width,
+                action_names=tuple(manifest.action_space.names),
+            )
+            recorder = EpisodeRecorder(s.recorder.dataset_dir, s.recorder.fps, features)
+            self._stack.callback(recorder.discard_episode)
+            observers.append(_RecorderObserver(recorder))
+
+        interval = watchdog_interval_s()
+        if interval is not None:
+            self._watchdog = WatchdogGate(self.notifier, interval).start()
+            self._stack.callback(self._watchdog.stop)
+        self.executor = PolicyStepExecutor(
+            self.policy, monitor, camera, self.stream,
+            ExecutorSettings(
+                num_samples=s.policy.num_samples,
+                control_rate_hz=s.scheduler.control_rate_hz or manifest.control_rate_hz,
+                replan_when_remaining=min(s.scheduler.replan_when_remaining, manifest.horizon - 1),
+                boundary=s.scheduler.boundary,
+                blend_steps=s.scheduler.blend_steps,
+                max_frame_age_ms=s.camera.max_frame_age_ms,
+                step_timeout_s=s.task.step_timeout_s,
+                state_dim=manifest.state_dim,
+            ),
+            observers=observers,
+            progress=self._watchdog.progress if self._watchdog else None,
+        )
+        self._stack.callback(self.executor.close)
+        log.info("vla-edge up: bundle %s %s (%s) on %s", manifest.name, manifest.version, s.policy.precision,
+                 ", ".join(self.policy.providers_in_use))
+
+    def wait_for_controller(self, timeout_s: float) -> bool:
+        assert self.stream is not None
+        return self.stream.wait_for_controller(timeout_s)
+
+    def wait_for_camera(self, timeout_s: float) -> bool:
+        return self.camera.wait_latest(timeout_s) is not None
+
+    def ready(self) -> None:
+        self.notifier.ready("controlling")
+
+    def close(self) -> None:
+        if self.executor is not None and self.stream is not None:
+            try:
+                self.executor.hold("shutdown")
+            except Exception:  # closing must go on whatever state the stream is in
+                log.exception("could not send the shutdown hold")
+        self.notifier.stopping("stopping; the arm holds")
+        self._stack.close()
+
+    def __enter__(self) -> Daemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tasks -------------------------------------------------------------------------------------------------
+    def run_task(self, spec: TaskSpec, stop: threading.Event, *, verifier=None, events=None) -> TaskResult:
+        if self.executor is None:
+            raise VlaEdgeError("the daemon is not started")
+        self.console_model.set_task(spec.task_id, spec.steps)
+
+        def on_event(event: TaskEvent) -> None:
+            self.console_model.on_task_event(event)
+            if event.kind == "escalated":
+                self.metrics.record_escalation(str(event.detail.get("kind", "unknown")))
+            if events is not None:
+                events(event)
+
+        runner = TaskRunner(
+            spec, self.executor, self.escalations, CheckpointStore(self.settings.task.state_dir),
+            self.settings.task, answer_timeout_s=self.settings.operator.answer_timeout_s, verifier=verifier,
+            events=on_event, teleop=self.teleop,
+        )
+        return runner.run(stop)
+
+    def _status(self) -> dict:
+        camera_status = getattr(self, "camera", None)
+        state = {
+            "bundle": self.bundle.manifest.name if self.bundle else None,
+            "precision": self.settings.policy.precision,
+            "camera": str(camera_status.status.value) if camera_status else "unknown",
+            "controller_alive": bool(self.stream and self.stream.controller_alive()),
+            "escalations_open": len(self.escalations.open()),
+        }
+        self.console_model.set_camera_status(state["camera"])
+        return state
