@@ -109,12 +109,17 @@ def test_escalation_approve_and_takeover_in_browser(tmp_path):
             page.keyboard.press("g")
             expect(page.locator("#grip")).to_have_text("grip: closed")
             _wait(lambda: teleop.received >= 4, what="the key presses to reach the teleop channel")
-            _wait(lambda: teleop.take() is None and executor.applied_inputs >= 1, what="the executor to apply them")
-            time.sleep(0.3)
+            sign = 1 if direction == "ArrowRight" else -1
+
+            def moved() -> float:
+                with executor.lock:
+                    return float(world.gripper_position()[0] - before[0])
+
+            _wait(lambda: abs(moved() - sign * 0.06) < 0.005, timeout=5, what="the gripper to move 3 presses")
+            time.sleep(0.2)  # and stay there
             with executor.lock:
                 after = world.gripper_position()
                 grip_closed = world.grip_closed()
-            sign = 1 if direction == "ArrowRight" else -1
             assert after[0] - before[0] == pytest.approx(sign * 0.06, abs=0.005)
             assert after[1] == pytest.approx(before[1], abs=0.005)
             assert grip_closed
