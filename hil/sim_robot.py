@@ -22,6 +22,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -116,6 +117,9 @@ class SimRobot:
         self._repair_ticks_left = 0
         self._operator_expert: ScriptedExpert | None = None
         self.ticks = 0
+        self.publish_frames = True  # a test sets False to stall the camera while the arm keeps listening
+        # (monotonic ns, seq or -1, holding reason) per world tick, for tests that check what was actuated when.
+        self.actuations: deque[tuple[int, int, str]] = deque(maxlen=10_000)
 
     def close(self) -> None:
         self.client.close()
@@ -138,9 +142,9 @@ class SimRobot:
             else:
                 setpoint = self.client.next_setpoint(now)
                 if not setpoint.holding:
-                    self._world_tick(now, setpoint.values)
+                    self._world_tick(now, setpoint.values, setpoint.seq)
                 elif now - self._last_world_tick_ns >= self._period_ns:
-                    self._world_tick(now, None)
+                    self._world_tick(now, None, -1, setpoint.reason)
             next_ns += poll_ns
             delay = next_ns - time.monotonic_ns()
             if delay > 0:
@@ -148,7 +152,8 @@ class SimRobot:
             else:
                 next_ns = time.monotonic_ns()
 
-    def _world_tick(self, now: int, values: np.ndarray | None) -> None:
+    def _world_tick(self, now: int, values: np.ndarray | None, seq: int = -1, reason: str = "") -> None:
+        self.actuations.append((now, seq, reason))
         if values is None:
             self.world.hold()
         else:
@@ -173,7 +178,8 @@ class SimRobot:
         return np.concatenate([self.world.state()[:3], [self._last_done]]).astype(np.float64)
 
     def _publish_frame(self) -> None:
-        self.camera.publish(self.world.render(), time.monotonic_ns())
+        if self.publish_frames:
+            self.camera.publish(self.world.render(), time.monotonic_ns())
 
     # -- the sim channel -------------------------------------------------------------------------------------
     def _serve_sim_channel(self) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vla_edge.camera import FrameSource
+from vla_edge.camera import CameraStatus, FrameSource
 from vla_edge.confidence import ChunkContext, ConfidenceMonitor, select_chunk
 from vla_edge.operator.escalation import TeleopChannel
 from vla_edge.policy import PolicyRunner
@@ -128,7 +128,13 @@ class PolicyStepExecutor:
                 return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped")
             lateness = loop.wait()
             self._pull_frame()
-            decision = self._scheduler.tick(loop.tick)
+            camera_status = self.camera.status
+            if camera_status not in (CameraStatus.OK, CameraStatus.STARTING):
+                # Blind: nothing committed earlier may run either. The step stalls unless the camera recovers.
+                self._scheduler.reset()
+                decision = TickDecision(tick=loop.tick, action=None, hold_reason=f"camera_{camera_status.value}")
+            else:
+                decision = self._scheduler.tick(loop.tick)
             ticks += 1
             if decision.new_chunk is not None:
                 self._accept(decision.new_chunk)

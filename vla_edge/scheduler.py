@@ -24,7 +24,7 @@ import numpy as np
 
 from vla_edge.types import ChunkSamples, Observation, Verdict
 
-HoldReason = Literal["no_chunk", "low_confidence", "no_observation", "inference_error", "stopped"]
+HoldReason = str  # "no_chunk", "low_confidence", "inference_error", or why the caller held (e.g. "camera_stalled")
 
 
 @dataclass(frozen=True)
