@@ -80,6 +80,16 @@ sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionP
 y = sess.run(None, {"x": np.ones((1, 4), np.float32)})[0]
 assert y.tolist() == [[12.0, 16.0]], y
 print("machine", platform.machine(), "onnxruntime", ort.__version__, ort.get_available_providers(), "MatMul ok")
+
+# The reference bundle's graphs (fp32, int8, int4), when they have been built, with dummy inputs.
+from pathlib import Path
+types = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8}
+for path in sorted(Path("models/bundles/reference").glob("*/*.onnx")):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.ones([d if isinstance(d, int) else 1 for d in i.shape], types[i.type]) for i in s.get_inputs()}
+    print("ran", path.parent.name + "/" + path.name, [o.shape for o in s.run(None, feeds)])
 PY
 
 echo "== tests under arm64"
