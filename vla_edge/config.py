@@ -109,6 +109,7 @@ class TelemetrySettings(Section):
     metrics_port: int = Field(9780, ge=0, le=65535)
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    health_interval_s: float = Field(1.0, gt=0, description="How often CPU, memory, temperature and throttling are sampled.")
 
 
 class RemoteSettings(Section):
