@@ -102,10 +102,6 @@ class _TelemetryObserver(TickObserver):
         if self.console is not None:
             self.console.add_verdict(verdict)
 
-    def on_step_end(self, report: StepReport, instruction: str) -> None:
-        if report.outcome in ("low_confidence", "stalled"):
-            self.metrics.record_escalation(report.outcome)
-
 
 class _RecorderObserver(TickObserver):
     """One dataset episode per step attempt; each frame says whether a human was driving."""
@@ -190,7 +186,7 @@ class Daemon:
                 image_height=s.camera.height, image_width=s.camera.width,
                 action_names=tuple(manifest.action_space.names),
             )
-            recorder = EpisodeRecorder(s.recorder.dataset_dir, s.recorder.fps, features)
+            recorder = EpisodeRecorder(s.recorder.dataset_dir, s.recorder.fps, features, codec=s.recorder.video_codec)
             self._stack.callback(recorder.discard_episode)
             observers.append(_RecorderObserver(recorder))
 
@@ -252,12 +248,13 @@ class Daemon:
         def on_event(event: TaskEvent) -> None:
             self.console_model.on_task_event(event)
             if event.kind == "escalated":
-                self.metrics.record_escalation(str(event.detail.get("kind", "unknown")))
+                self.metrics.record_escalation(str(event.detail.get("escalation_kind", "unknown")))
             if events is not None:
                 events(event)
 
         runner = TaskRunner(
-            spec, self.executor, self.escalations, CheckpointStore(self.settings.task.state_dir),
+            spec, self.executor, self.escalations,
+            CheckpointStore(self.settings.task.state_dir, keep=self.settings.task.keep_checkpoints),
             self.settings.task, answer_timeout_s=self.settings.operator.answer_timeout_s, verifier=verifier,
             events=on_event, teleop=self.teleop,
         )
