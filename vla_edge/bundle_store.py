@@ -106,12 +106,23 @@ class BundleStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """One writer at a time (an install from the CLI while another runs from a script)."""
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("a") as lock:
+        """One writer at a time (an install from the CLI while another runs from a script).
+
+        File-system errors (permissions, a full disk) become BundleErrors that name the path.
+        """
+        try:
+            self.versions_dir.mkdir(parents=True, exist_ok=True)
+            lock = (self.root / ".lock").open("a")
+        except OSError as exc:
+            raise BundleError(f"cannot use the bundle store {self.root}: {exc.strerror} ({exc.filename}); "
+                              "it belongs to root and the service user: run with sudo") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
+            except OSError as exc:
+                raise BundleError(f"bundle store {self.root}: {exc.strerror or exc} ({exc.filename}); "
+                                  "nothing was switched") from None
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -137,3 +137,17 @@ def test_reader_never_sees_a_missing_or_mixed_current(tmp_path: Path, keys, stor
         thread.join()
     assert errors == []
     assert set(seen) <= {"1.0.0", "2.0.0"} and len(seen) > 0
+
+
+def test_file_system_errors_are_bundle_errors(tmp_path: Path, keys, make_version):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    store = BundleStore(blocker / "bundles", trusted_keys=[keys[1]])
+    with pytest.raises(BundleError, match="cannot use the bundle store"):
+        store.install(make_version(tmp_path / "src", "1.0.0", keys[0]))
+    store = BundleStore(tmp_path / "ok", trusted_keys=[keys[1]])
+    src = make_version(tmp_path / "src2", "1.0.0", keys[0])
+    (store.root / "versions").mkdir(parents=True)
+    (store.root / "current").mkdir()  # a directory where the link must go: the rename fails
+    with pytest.raises(BundleError, match="nothing was switched"):
+        store.install(src)
