@@ -138,5 +138,6 @@ Next:
   2. stream keys:       $OPT/venv/bin/vla-edge keys generate --dir /etc/vla-edge/keys
   3. trusted key:       copy your bundle-signing.pub to /etc/vla-edge/trusted-keys/
   4. a signed bundle:   $OPT/venv/bin/vla-edge bundle install BUNDLE_DIR --config /etc/vla-edge/vla-edge.toml
-  5. start:             systemctl enable --now vla-edge && $OPT/venv/bin/vla-edge status
+  5. the task:          /etc/vla-edge/task.toml (task_id and steps; the unit runs: vla-edge run --task it)
+  6. start:             systemctl enable --now vla-edge && $OPT/venv/bin/vla-edge status
 EOF
