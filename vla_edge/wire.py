@@ -23,6 +23,7 @@ MAX_MESSAGE_BYTES = 16 * 1024  # also ZMQ_MAXMSGSIZE on every receiving socket
 MAX_ACTION_DIM = 64
 MAX_REASON_CHARS = 64
 MAX_COUNTERS = 64
+ZMTP_TIMEOUT_MS = 1000
 
 # Hard caps handed to msgpack so a hostile length prefix cannot make it allocate.
 _UNPACK_LIMITS = dict(
@@ -42,6 +43,9 @@ Values = Annotated[list[float], Field(min_length=1, max_length=MAX_ACTION_DIM)]
 
 class StreamError(VlaEdgeError):
     """The action stream cannot start or was used wrongly (bad endpoint, missing keys, wrong action size)."""
+
+
+DECODE_REASONS = frozenset({"too_large", "not_msgpack", "not_a_map", "bad_version", "unexpected_kind", "bad_schema"})
 
 
 class WireError(Exception):
@@ -248,11 +252,13 @@ def configure_socket(sock: zmq.Socket, heartbeat_ms: float, *, receives: bool) -
     """Options every stream socket gets: no linger at close, ZMTP heartbeats, an inbound size cap."""
     hb = max(1, int(heartbeat_ms))
     sock.setsockopt(zmq.LINGER, 0)  # close never waits to flush stale commands
-    # ZMTP-level heartbeats (off by default in ZeroMQ) drop a half-open TCP connection to a frozen peer, so
-    # its reconnect starts clean. Liveness itself is decided by the application heartbeats (see docs/wire.md).
+    # ZMTP-level heartbeats (off by default in ZeroMQ) drop a half-open TCP connection to a dead or frozen
+    # peer, so nothing queues for it and its reconnect starts clean. They are lenient on purpose (at least
+    # ZMTP_TIMEOUT_MS): a connection torn down by a scheduling hiccup loses every message until it is back.
+    # Liveness itself is decided by the application heartbeats, within 3 intervals (see docs/wire.md).
     sock.setsockopt(zmq.HEARTBEAT_IVL, hb)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * hb)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, max(100, 3 * hb))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(ZMTP_TIMEOUT_MS, 10 * hb))
+    sock.setsockopt(zmq.HEARTBEAT_TTL, max(ZMTP_TIMEOUT_MS, 10 * hb))
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
     if receives:
