@@ -1,0 +1,176 @@
+"""Part 1: the reference policy per chunk, PyTorch eager fp32 vs ONNX Runtime fp32 / int8 / int4 (same weights).
+
+A chunk = observation encoder once + K samples through every Euler step of the denoiser, instruction cached
+(what the daemon does per chunk). Each variant lives in its own process (bench.worker) so its peak resident
+memory is its own; the rounds are interleaved (A B C D, B C D A, ...) with the same thread count, so machine
+noise hits every variant alike. Memory is the whole process's peak RSS (interpreter + runtime + weights +
+arenas), which is what a board pays; ``rss_before_load_mb`` is the bare interpreter for context.
+
+    python -m bench.reference_policy [--quick] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    THREADS,
+    BenchConfig,
+    Worker,
+    console,
+    instruction_for,
+    interleaved_rounds,
+    latency_stats,
+    machine_info,
+    met,
+    print_table,
+    pyplot,
+    reference_bundle,
+    require_torch,
+    write_json,
+)
+
+NAME = "reference_policy"
+SPEEDUP_TARGET = 4.0
+MEMORY_TARGET = 3.0
+SAMPLES = 8
+VARIANTS = ("torch-eager-fp32", "ort-fp32", "ort-int8", "ort-int4")
+
+
+def _spec(variant: str, bundle: Path, instruction: str) -> dict[str, Any]:
+    base = {"bundle": str(bundle), "samples": SAMPLES, "instruction": instruction, "threads": THREADS, "seed": 0}
+    if variant == "torch-eager-fp32":
+        return {**base, "kind": "torch", "precision": "fp32"}
+    return {**base, "kind": "ort", "precision": variant.removeprefix("ort-")}
+
+
+def _graph_bytes(bundle: Path, variant: str) -> int:
+    precision = "fp32" if variant.startswith("torch") else variant.removeprefix("ort-")
+    return sum(p.stat().st_size for p in (bundle / precision).glob("*.onnx"))
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    require_torch(NAME)
+    bundle = reference_bundle(cfg.bundle, cfg.work)
+    instruction = instruction_for(bundle)
+    rounds, per_round = (6, 4) if cfg.quick else (30, 10)
+    console.print(f"[bold]{NAME}[/bold]: {bundle}, K={SAMPLES}, {THREADS} threads, {rounds} interleaved rounds")
+
+    from bench.torch_reference import TorchChunkRunner, parity_max_abs
+    from hil.world import TabletopWorld
+    from vla_edge.bundle import load_bundle
+
+    loaded = load_bundle(bundle)
+    world = TabletopWorld(0)
+    parity = parity_max_abs(loaded, TorchChunkRunner(loaded, THREADS), world.render(), world.state(), instruction)
+
+    workers: list[Worker] = []
+    try:
+        for variant in VARIANTS:
+            workers.append(Worker.start(variant, _spec(variant, bundle, instruction)))
+        timings = interleaved_rounds(workers, rounds, per_round)
+        memory = {w.name: w.request(op="memory") for w in workers}
+    finally:
+        for worker in workers:
+            worker.close()
+
+    variants: dict[str, Any] = {}
+    torch_stats = latency_stats(timings["torch-eager-fp32"])
+    torch_peak = memory["torch-eager-fp32"]["peak_rss_mb"]
+    for variant in VARIANTS:
+        stats = latency_stats(timings[variant])
+        variants[variant] = {
+            **stats,
+            **memory[variant],
+            "graph_bytes": _graph_bytes(bundle, variant),
+            "speedup_vs_torch": round(torch_stats["median_ms"] / stats["median_ms"], 2),
+            "p99_speedup_vs_torch": round(torch_stats["p99_ms"] / stats["p99_ms"], 2),
+            "memory_ratio_vs_torch": round(torch_peak / memory[variant]["peak_rss_mb"], 2),
+        }
+    best = max(("ort-int8", "ort-int4"), key=lambda v: variants[v]["speedup_vs_torch"])
+    targets = {
+        f"quantized >= {SPEEDUP_TARGET}x faster than torch eager (median)": met(
+            variants[best]["speedup_vs_torch"], SPEEDUP_TARGET
+        ),
+        f"quantized >= {MEMORY_TARGET}x smaller peak RSS than torch eager": met(
+            max(variants[v]["memory_ratio_vs_torch"] for v in ("ort-int8", "ort-int4")), MEMORY_TARGET
+        ),
+    }
+    result = {
+        "part": NAME,
+        "quick": cfg.quick,
+        "bundle": str(bundle),
+        "what": f"one chunk = observation encoder + K={SAMPLES} samples x denoising steps, instruction cached",
+        "memory_counted": "whole-process peak RSS (ru_maxrss) of a process running only that variant",
+        "same_weights_max_abs_action_diff_torch_vs_ort_fp32": parity,
+        "rounds": rounds,
+        "chunks_per_round": per_round,
+        "machine": machine_info(),
+        "variants": variants,
+        "best_quantized": best,
+        "targets_met": targets,
+    }
+    _report(result, cfg.out)
+    return result
+
+
+def _report(result: dict[str, Any], out: Path) -> None:
+    rows = []
+    for name, v in result["variants"].items():
+        rows.append(
+            [
+                name,
+                f"{v['median_ms']:.2f}",
+                f"{v['p99_ms']:.2f}",
+                f"{v['speedup_vs_torch']:.2f}x",
+                f"{v['peak_rss_mb']:.0f}",
+                f"{v['memory_ratio_vs_torch']:.2f}x",
+                f"{v['graph_bytes'] / 1e6:.2f}",
+            ]
+        )
+    caption = "; ".join(f"{k}: {'MET' if ok else 'MISSED'}" for k, ok in result["targets_met"].items())
+    print_table(
+        f"reference policy per chunk (K={SAMPLES}, {THREADS} threads, interleaved, same weights: "
+        f"max |torch-ort| {result['same_weights_max_abs_action_diff_torch_vs_ort_fp32']:.1e})",
+        ["variant", "median ms", "p99 ms", "speed-up", "peak RSS MiB", "RSS ratio", "graphs MB"],
+        rows,
+        caption,
+    )
+    write_json(out / f"{NAME}.json", result)
+    plt = pyplot()
+    if plt is None:
+        return
+    names = list(result["variants"])
+    values = [result["variants"][n] for n in names]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(names, [v["median_ms"] for v in values], color="tab:blue", label="median")
+    left.scatter(names, [v["p99_ms"] for v in values], color="black", marker="_", s=400, label="p99", zorder=3)
+    left.set_ylabel("ms per chunk")
+    left.set_title("latency (lower is better)")
+    left.legend()
+    right.bar(names, [v["peak_rss_mb"] for v in values], color="tab:orange")
+    right.set_ylabel("peak RSS, MiB (whole process)")
+    right.set_title("memory (lower is better)")
+    for axis in (left, right):
+        axis.tick_params(axis="x", rotation=20)
+    fig.suptitle("reference policy: PyTorch eager vs ONNX Runtime, same weights, one run")
+    fig.tight_layout()
+    fig.savefig(out / f"{NAME}.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.reference_policy", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--work", type=Path, default=Path("models/work/bench"))
+    parser.add_argument("--bundle", type=Path, default=None)
+    args = parser.parse_args(argv)
+    run(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

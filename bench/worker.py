@@ -1,0 +1,113 @@
+"""One benchmark variant in its own process: ``python -m bench.worker '<json spec>'`` (started by bench.common.Worker).
+
+Spec: ``{"kind": "torch" | "ort", "bundle": dir, "precision": "fp32"|"int8"|"int4", "samples": K,
+"instruction": text, "recompute_instruction": bool, "threads": n, "seed": s}``.
+Requests on stdin, one JSON line each: ``{"op": "run", "n": chunks}`` → ``{"ms": [...]}`` (per-chunk wall time
+of encode + K-sample denoise, measured here), ``{"op": "memory"}`` → peak/current resident MiB, ``{"op": "quit"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bench.common import peak_rss_mb, rss_mb
+
+
+def _observation(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from hil.world import TabletopWorld
+
+    world = TabletopWorld(seed)
+    return world.render(), world.state().astype(np.float32)
+
+
+def _torch_chunk(spec: dict[str, Any]) -> Callable[[], None]:
+    from bench.torch_reference import TorchChunkRunner
+    from vla_edge.bundle import load_bundle
+
+    runner = TorchChunkRunner(load_bundle(spec["bundle"]), spec["threads"])
+    image, state = _observation(spec["seed"])
+    runner.set_instruction(spec["instruction"])
+    rng = np.random.default_rng(spec["seed"])
+    shape = (spec["samples"], runner.horizon, runner.action_dim)
+
+    def chunk() -> None:
+        runner.chunk(image, state, rng.standard_normal(shape, dtype=np.float32))
+
+    return chunk
+
+
+def _ort_chunk(spec: dict[str, Any]) -> Callable[[], None]:
+    import onnxruntime as ort
+
+    from vla_edge.bundle import load_bundle
+    from vla_edge.policy import PolicyRunner
+
+    bundle = load_bundle(spec["bundle"])
+    runner = PolicyRunner(
+        bundle, precision=spec["precision"], providers=spec.get("providers") or ["CPUExecutionProvider"],
+        intra_op_threads=spec["threads"], seed=spec["seed"],
+    )
+    image, state = _observation(spec["seed"])
+    runner.set_instruction(spec["instruction"])
+    samples = spec["samples"]
+    if not spec.get("recompute_instruction"):
+
+        def chunk() -> None:
+            runner.sample(runner.encode(image, state), samples)
+
+        return chunk
+
+    # What a runtime without the instruction cache pays: tokenise and run the instruction encoder every chunk.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = spec["threads"]
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = runner.providers_in_use
+    encoder = ort.InferenceSession(
+        str(bundle.graph_path(spec["precision"], "instruction_encoder")), options, providers=providers
+    )
+    tokenizer = bundle.tokenizer()
+    text = spec["instruction"]
+
+    def chunk_recomputed() -> None:
+        encoder.run(["instruction_features"], {"tokens": tokenizer.encode(text)})
+        runner.sample(runner.encode(image, state), samples)
+
+    return chunk_recomputed
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    baseline_mb = rss_mb()
+    try:
+        chunk = {"torch": _torch_chunk, "ort": _ort_chunk}[spec["kind"]](spec)
+        for _ in range(3):  # first calls pay for lazy initialisation in both runtimes
+            chunk()
+    except Exception as exc:  # reported to the parent, which raises a BenchError with this text
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        return 1
+    print(json.dumps({"ready": True, "rss_before_load_mb": round(baseline_mb, 1)}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "run":
+            times = []
+            for _ in range(int(request["n"])):
+                start = time.perf_counter()
+                chunk()
+                times.append((time.perf_counter() - start) * 1e3)
+            print(json.dumps({"ms": times}), flush=True)
+        elif request["op"] == "memory":
+            print(json.dumps({"peak_rss_mb": round(peak_rss_mb(), 1), "rss_mb": round(rss_mb(), 1)}), flush=True)
+        else:
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
