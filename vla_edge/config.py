@@ -87,6 +87,12 @@ class TaskSettings(Section):
     state_dir: Path = Field(Path("/var/lib/vla-edge/state"))
     step_timeout_s: float = Field(12.0, gt=0, description="A step that has not finished by then is stalled.")
     keep_checkpoints: int = Field(5, ge=2, description="Checkpoint files kept per task (older ones are removed).")
+    inbox_dir: Path = Field(
+        Path("/var/lib/vla-edge/tasks"),
+        description="`vla-edge run` without --task runs task files dropped here, oldest first (then moves them "
+        "to done/ or failed/).",
+    )
+    idle_poll_s: float = Field(1.0, gt=0, description="How often an idle daemon looks for a new task file.")
 
 
 class OperatorSettings(Section):

@@ -28,7 +28,7 @@ from vla_edge.operator.escalation import EscalationQueue, TeleopChannel
 from vla_edge.policy import PolicyRunner
 from vla_edge.scheduler import PlannedChunk, TickDecision
 from vla_edge.sdnotify import Notifier, WatchdogGate, watchdog_interval_s
-from vla_edge.signing import verify_bundle
+from vla_edge.signing import check_policy_signature
 from vla_edge.stream import ActionStream
 from vla_edge.task import StepReport, TaskEvent, TaskResult, TaskRunner, TaskSpec
 from vla_edge.telemetry import DaemonMetrics, HealthSampler, MetricsServer, build_status
@@ -40,11 +40,11 @@ log = logging.getLogger(__name__)
 def open_bundle(settings: Settings) -> Bundle:
     """Check the signature (when required), then every file's digest, then the manifest."""
     policy = settings.policy
-    if policy.require_signature:
-        info = verify_bundle(policy.bundle, list(policy.trusted_keys))
+    info = check_policy_signature(policy.bundle, policy.require_signature, list(policy.trusted_keys))
+    if info is not None:
         log.info("bundle %s signed by key %s (%d files)", policy.bundle, info.key_id, info.file_count)
     else:
-        log.warning("bundle signature not checked (policy.require_signature = false)")
+        log.warning("bundle signature not checked (policy.require_signature = false, or no trusted key)")
     return load_bundle(policy.bundle)
 
 
@@ -63,7 +63,7 @@ def build_monitor(bundle: Bundle, settings: Settings) -> ConfidenceMonitor | Non
     position_dims = np.array([i for i, name in enumerate(space.names) if name not in ("grip", "done")])
     return ConfidenceMonitor(
         bounds=bounds,
-        embedding_stats=EmbeddingStats(np.asarray(stats.mean), np.asarray(stats.std)),
+        embedding_stats=EmbeddingStats(np.asarray(stats.mean), np.asarray(stats.std), np.asarray(stats.precision)),
         thresholds=thresholds,
         spread_dims=position_dims if position_dims.size else None,
     )
@@ -128,7 +128,7 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._stack = ExitStack()
-        self.escalations = EscalationQueue()
+        self.escalations = EscalationQueue(while_waiting=self._alive)
         self.teleop = TeleopChannel()
         self.console_model = ConsoleModel(self.escalations, self.teleop)
         self.metrics = DaemonMetrics()
@@ -169,7 +169,7 @@ class Daemon:
         self.metrics_server = MetricsServer(self.metrics, s.telemetry.metrics_host, s.telemetry.metrics_port,
                                             status_provider=self._status).start()
         self._stack.callback(self.metrics_server.stop)
-        health = HealthSampler(self.metrics).start()
+        health = HealthSampler(self.metrics, s.telemetry.health_interval_s).start()
         self._stack.callback(health.stop)
 
         if s.operator.enabled:
@@ -212,6 +212,17 @@ class Daemon:
         self._stack.callback(self.executor.close)
         log.info("vla-edge up: bundle %s %s (%s) on %s", manifest.name, manifest.version, s.policy.precision,
                  ", ".join(self.policy.providers_in_use))
+
+    def _alive(self) -> None:
+        """The control thread is responsive (e.g. holding while it waits for the operator)."""
+        if self._watchdog is not None:
+            self._watchdog.progress()
+
+    def idle(self) -> None:
+        """Between tasks: the arm holds; the control thread is alive."""
+        if self.executor is not None:
+            self.executor.hold("idle")
+        self._alive()
 
     def wait_for_controller(self, timeout_s: float) -> bool:
         assert self.stream is not None

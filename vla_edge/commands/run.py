@@ -11,7 +11,8 @@ from pathlib import Path
 from vla_edge.config import load_settings
 from vla_edge.errors import VlaEdgeError
 from vla_edge.service import Daemon
-from vla_edge.task import load_task
+from vla_edge.inbox import TaskInbox
+from vla_edge.task import TaskError, load_task
 from vla_edge.telemetry import configure_logging
 
 log = logging.getLogger("vla_edge.run")
@@ -24,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Run the vla-edge daemon. Stops cleanly on SIGTERM or ctrl-C with the arm holding.",
     )
     parser.add_argument("--config", type=Path, default=None, help="TOML config file (env VLA_EDGE_* overrides it)")
-    parser.add_argument("--task", type=Path, required=True, help="task file (TOML/JSON): task_id and steps")
+    parser.add_argument("--task", type=Path, default=None,
+                        help="run this task file (TOML/JSON) and exit; without it, run task files dropped into "
+                        "task.inbox_dir until stopped")
     parser.add_argument("--controller-timeout", type=float, default=30.0,
                         help="seconds to wait for the motor controller's handshake before giving up")
     parser.set_defaults(func=run)
@@ -44,7 +47,7 @@ def install_stop_handlers(stop: threading.Event) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.telemetry)
-    spec = load_task(args.task)
+    spec = load_task(args.task) if args.task is not None else None
     stop = threading.Event()
     install_stop_handlers(stop)
     with Daemon(settings) as daemon:
@@ -54,6 +57,33 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.controller_timeout:g} s; is it running, and are its keys authorised?"
             )
         daemon.ready()
+        if spec is None:
+            serve_inbox(daemon, TaskInbox(settings.task.inbox_dir), stop, settings.task.idle_poll_s)
+            return 0
         result = daemon.run_task(spec, stop)
     log.info("task %s ended: %s at step %d", result.task_id, result.status, result.next_step)
-    return 0 if result.status == "completed" else (0 if result.status == "stopped" else 1)
+    return 0 if result.status in ("completed", "stopped") else 1
+
+
+def serve_inbox(daemon: Daemon, inbox: TaskInbox, stop: threading.Event, poll_s: float) -> None:
+    """Run task files from the inbox, oldest first, until stopped; hold the arm while idle."""
+    log.info("waiting for task files in %s", inbox.directory)
+    while not stop.is_set():
+        path = inbox.next_task()
+        if path is None:
+            daemon.idle()
+            stop.wait(poll_s)
+            continue
+        try:
+            spec = load_task(path)
+        except TaskError as exc:
+            log.error("refusing task file %s: %s", path, exc)
+            inbox.finish(path, "failed", str(exc))
+            continue
+        result = daemon.run_task(spec, stop)
+        log.info("task %s ended: %s at step %d", result.task_id, result.status, result.next_step)
+        if result.status == "completed":
+            inbox.finish(path, "done")
+        elif result.status == "aborted":
+            inbox.finish(path, "failed", result.reason or "aborted")
+        # "stopped": the file stays, and the task resumes from its checkpoint on the next start.

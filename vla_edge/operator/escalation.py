@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -161,7 +162,12 @@ class EscalationQueue:
     ``revision`` grows on every change so a poller can tell cheaply whether anything happened.
     """
 
-    def __init__(self, max_open: int = 16, max_history: int = 256) -> None:
+    def __init__(
+        self, max_open: int = 16, max_history: int = 256, *, while_waiting: Callable[[], None] | None = None
+    ) -> None:
+        # Called on every wake-up of wait_decision: the daemon tells systemd's watchdog that the thread
+        # holding the arm is alive while it waits (possibly minutes) for a human.
+        self._while_waiting = while_waiting
         self._max_open = max_open
         self._changed = threading.Condition()
         self._open: dict[str, _Record] = {}
@@ -240,6 +246,8 @@ class EscalationQueue:
                     return None
                 # Wake at least every 0.1 s to notice ``stop``, which does not notify this condition.
                 self._changed.wait(min(left, 0.1))
+                if self._while_waiting is not None:
+                    self._while_waiting()
 
     def note_answer_timeout(self, escalation_id: str) -> int:
         """Record that an answer timeout passed with the escalation still open; returns how many so far."""
