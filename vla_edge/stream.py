@@ -295,8 +295,7 @@ class ActionStream:
                 # starts over with Hello.
                 self._counters["rejected_wrong_session"] += 1
                 if instance is not None:
-                    self._peer = peer
-                    self._send_heartbeat_locked(instance, time.monotonic_ns())
+                    self._send_heartbeat_locked(instance, time.monotonic_ns(), peer)
                 return
             self._peer = peer
             self._last_rx_ns = now
@@ -318,20 +317,21 @@ class ActionStream:
             if self._instance is not None:
                 self._send_heartbeat_locked(self._instance, now)
 
-    def _send_heartbeat_locked(self, instance: int, now: int) -> None:
+    def _send_heartbeat_locked(self, instance: int, now: int, peer: bytes | None = None) -> None:
         echo_t, echo_recv = self._peer_heartbeat
         beat = Heartbeat(
             session=self._session, instance=instance, ready=self._ready.is_set(),
             t_sent_ns=now, echo_t_ns=echo_t, echo_recv_ns=echo_recv,
         )
-        self._send_session(encode(beat))
+        self._send_session(encode(beat), peer)
         self._counters["sent_heartbeat"] += 1
 
-    def _send_session(self, data: bytes) -> None:
-        if self._router is None or self._peer is None:
+    def _send_session(self, data: bytes, peer: bytes | None = None) -> None:
+        peer = peer if peer is not None else self._peer
+        if self._router is None or peer is None:
             return
         try:
-            self._router.send_multipart([self._peer, data], zmq.NOBLOCK)
+            self._router.send_multipart([peer, data], zmq.NOBLOCK)
         except zmq.ZMQError:
             self._counters["session_send_dropped"] += 1
 

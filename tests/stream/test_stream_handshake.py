@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from hil.soak import LIMITS, START, spawn_peer
+from hil.soak import START, spawn_peer
 from vla_edge.controller import ControllerClient
 from vla_edge.stream import ActionStream
 
@@ -100,3 +100,24 @@ def test_stalled_controller_gets_at_most_one_old_command(stall_s, demo_settings,
     assert received <= 1 and executed <= received
     if stall_s < 3 * demo_settings.heartbeat_ms / 1000:
         assert received == 1, "a short stall keeps the connection: the newest command must still arrive"
+
+
+def test_daemon_restart_gets_a_new_session(demo_settings, limits, start_position, wait):
+    """A controller outlives a daemon restart: it re-handshakes with the new session and obeys only it."""
+    with ControllerClient(demo_settings, limits, start_position) as client:
+        first = ActionStream(demo_settings, action_dim=4)
+        first.start()
+        assert first.wait_for_controller(10.0)
+        old_session = first.session
+        first.close()
+        assert wait(lambda: client.next_setpoint().reason == "stale", 2.0)
+        with ActionStream(demo_settings, action_dim=4) as second:
+            assert second.session != old_session
+            assert second.wait_for_controller(10.0), client.counters()
+            assert wait(client.ready, 2.0)
+            seq = second.send_action(np.array([0.55, 0.5, 0.0, 0.0]), time.monotonic_ns())
+            assert wait(lambda: client.next_setpoint().seq == seq, 2.0)
+        counters = client.counters()
+    print(f"\ndaemon restart: controller sessions {counters.get('sessions')}, "
+          f"resets {counters.get('session_reset_new_daemon', 0)}")
+    assert counters.get("sessions") == 2 and counters.get("session_reset_new_daemon", 0) >= 1
