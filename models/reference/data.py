@@ -1,0 +1,123 @@
+"""Expert demonstrations as arrays, and the H-step action-chunk targets built from them.
+
+Demos come from ``hil.demos.generate_demos`` (the reference world's scripted expert). They are cached as one
+``.npz`` under ``models/work/`` so that training runs can be repeated without regenerating them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Demos:
+    """Frame-aligned arrays: ``images`` (N,96,96,3) uint8, ``states`` (N,3), ``actions`` (N,4) and the indices
+    that say which instruction, chain (episode) and step each frame belongs to."""
+
+    images: np.ndarray
+    states: np.ndarray
+    actions: np.ndarray
+    instructions: tuple[str, ...]
+    instruction_index: np.ndarray
+    episode_index: np.ndarray
+    step_index: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_episodes(self) -> int:
+        return int(np.unique(self.episode_index).size)
+
+    def subset(self, mask: np.ndarray) -> Demos:
+        return Demos(
+            images=self.images[mask],
+            states=self.states[mask],
+            actions=self.actions[mask],
+            instructions=self.instructions,
+            instruction_index=self.instruction_index[mask],
+            episode_index=self.episode_index[mask],
+            step_index=self.step_index[mask],
+        )
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(
+            tmp,
+            images=self.images,
+            states=self.states,
+            actions=self.actions,
+            instructions=np.asarray(self.instructions),
+            instruction_index=self.instruction_index,
+            episode_index=self.episode_index,
+            step_index=self.step_index,
+        )
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Demos:
+        with np.load(path) as data:
+            return cls(
+                images=data["images"],
+                states=data["states"].astype(np.float32),
+                actions=data["actions"].astype(np.float32),
+                instructions=tuple(str(s) for s in data["instructions"]),
+                instruction_index=data["instruction_index"].astype(np.int64),
+                episode_index=data["episode_index"].astype(np.int64),
+                step_index=data["step_index"].astype(np.int64),
+            )
+
+
+def _from_demo_set(demo_set: object) -> Demos:
+    """Adapt hil's DemoSet (attribute names per docs/architecture.md) to ``Demos``."""
+    return Demos(
+        images=np.asarray(demo_set.images, dtype=np.uint8),  # type: ignore[attr-defined]
+        states=np.asarray(demo_set.states, dtype=np.float32),  # type: ignore[attr-defined]
+        actions=np.asarray(demo_set.actions, dtype=np.float32),  # type: ignore[attr-defined]
+        instructions=tuple(str(s) for s in demo_set.instructions),  # type: ignore[attr-defined]
+        instruction_index=np.asarray(demo_set.instruction_index, dtype=np.int64),  # type: ignore[attr-defined]
+        episode_index=np.asarray(demo_set.episode_index, dtype=np.int64),  # type: ignore[attr-defined]
+        step_index=np.asarray(demo_set.step_index, dtype=np.int64),  # type: ignore[attr-defined]
+    )
+
+
+def generate_demos(n_chains: int, seed: int, cache: Path | None = None) -> Demos:
+    """Expert demonstrations of ``n_chains`` ten-step chains, read from ``cache`` when it is there."""
+    if cache is not None and cache.exists():
+        return Demos.load(cache)
+    from hil.demos import generate_demos as hil_generate_demos
+
+    demos = _from_demo_set(hil_generate_demos(n_chains, seed, None))
+    if cache is not None:
+        demos.save(cache)
+    return demos
+
+
+def chunk_index(episode_index: np.ndarray, step_index: np.ndarray, horizon: int) -> np.ndarray:
+    """(N, H) frame indices of each frame's next H actions within the same step, padded with the step's last.
+
+    Frames of one step must be contiguous and in time order (as demos are written).
+    """
+    n = episode_index.shape[0]
+    index = np.arange(n)[:, None] + np.arange(horizon)[None, :]
+    key = episode_index * 1_000_003 + step_index
+    boundary = np.flatnonzero(np.diff(key) != 0) + 1
+    starts = np.concatenate([[0], boundary])
+    ends = np.concatenate([boundary, [n]])  # exclusive
+    last = np.repeat(ends - 1, ends - starts)
+    return np.minimum(index, last[:, None])
+
+
+def split_by_episode(demos: Demos, held_out_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows). Whole chains go to either side, so held-out observations come from layouts
+    never trained on. Rows, not copies: the images of a few hundred chains take gigabytes."""
+    episodes = np.unique(demos.episode_index)
+    rng = np.random.default_rng(seed)
+    n_held = max(1, int(round(len(episodes) * held_out_fraction)))
+    held = rng.choice(episodes, size=n_held, replace=False)
+    mask = np.isin(demos.episode_index, held)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)

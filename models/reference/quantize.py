@@ -1,0 +1,90 @@
+"""Quantize the fp32 graphs: int8 with ONNX Runtime's dynamic quantization, int4 with MatMulNBits.
+
+int8: weights of MatMul/Gemm/Gather become int8 (per-channel), activations are quantized on the fly; Convs
+stay fp32, because dynamic ConvInteger is slower than fp32 Conv in ONNX Runtime on CPU.
+int4: MatMul weights whose input width K is a multiple of the block size (32) become 4-bit blocks
+(symmetric, accuracy_level 4 = int8 compute); Convs, Gathers and the few narrow MatMuls stay fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+INT4_BLOCK_SIZE = 32
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    """What one graph's quantization actually did (counted in the output graph, not assumed)."""
+
+    graph: str
+    quantized_nodes: int
+    float_matmuls_left: int
+    float_convs_left: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.graph}: {self.quantized_nodes} quantized nodes, fp32 left: "
+            f"{self.float_matmuls_left} MatMul/Gemm, {self.float_convs_left} Conv"
+        )
+
+
+def _count(path: Path, graph: str) -> QuantizationReport:
+    model = onnx.load(str(path))
+    ops = [node.op_type for node in model.graph.node]
+    quantized = sum(
+        op in {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "ConvInteger", "DynamicQuantizeLinear"}
+        for op in ops
+    )
+    quantized -= ops.count("DynamicQuantizeLinear")  # activation quantizers are helpers, not quantized layers
+    return QuantizationReport(
+        graph=graph,
+        quantized_nodes=quantized,
+        float_matmuls_left=sum(op in {"MatMul", "Gemm"} for op in ops),
+        float_convs_left=ops.count("Conv"),
+    )
+
+
+def quantize_int8(src: Path, dst: Path) -> QuantizationReport:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+        extra_options={"MatMulConstBOnly": True},
+    )
+    return _count(dst, src.stem)
+
+
+def quantize_int4(src: Path, dst: Path) -> QuantizationReport:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(src))
+    config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK_SIZE, is_symmetric=True, accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    return _count(dst, src.stem)
+
+
+def quantize_variant(fp32_dir: Path, out_dir: Path, precision: str) -> list[QuantizationReport]:
+    """Quantize every graph of ``fp32_dir`` into ``out_dir``."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    quantize = {"int8": quantize_int8, "int4": quantize_int4}[precision]
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)  # both quantizers log every node at INFO, and nag about pre-processing
+    try:
+        return [quantize(src, out_dir / src.name) for src in sorted(fp32_dir.glob("*.onnx"))]
+    finally:
+        root.setLevel(previous)
