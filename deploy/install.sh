@@ -88,7 +88,7 @@ make_dir 0750 root "$SERVICE_USER" "$ETC"
 make_dir 0750 root "$SERVICE_USER" "$ETC/keys"
 make_dir 0755 root root "$ETC/trusted-keys"
 make_dir 0750 "$SERVICE_USER" "$SERVICE_USER" "$STATE"
-for sub in state dataset bundles; do
+for sub in state dataset bundles tasks; do
   make_dir 0750 "$SERVICE_USER" "$SERVICE_USER" "$STATE/$sub"
 done
 make_dir 0755 root root "$OPT"
@@ -138,6 +138,6 @@ Next:
   2. stream keys:       $OPT/venv/bin/vla-edge keys generate --dir /etc/vla-edge/keys
   3. trusted key:       copy your bundle-signing.pub to /etc/vla-edge/trusted-keys/
   4. a signed bundle:   $OPT/venv/bin/vla-edge bundle install BUNDLE_DIR --config /etc/vla-edge/vla-edge.toml
-  5. the task:          /etc/vla-edge/task.toml (task_id and steps; the unit runs: vla-edge run --task it)
+  5. tasks:             drop task files (task_id and steps) into /var/lib/vla-edge/tasks/; the daemon runs them in order
   6. start:             systemctl enable --now vla-edge && $OPT/venv/bin/vla-edge status
 EOF
