@@ -8,8 +8,10 @@ Signals (higher is worse for every one of them, so each is compared as ``value <
 * ``consistency``: temporal action consistency (Sentinel, Agia et al. 2024): the maximum mean discrepancy between
   the new chunk's samples and the previous chunk's samples over the ticks both cover. Erratic policies change
   their mind from one chunk to the next.
-* ``ood``: how far the observation embedding lies from the training set (RMS z-score against the bundle's
-  embedding statistics, a diagonal Mahalanobis distance).
+* ``ood``: how far the observation embedding lies from the training set: the Mahalanobis distance under the
+  bundle's (shrunk) training covariance, divided by sqrt(dim) so it reads as "standard deviations per dimension"
+  (with only a diagonal, this is the RMS z-score). The bundle's ``distance_quantiles`` divided by sqrt(dim) are
+  its in-distribution reference values.
 * ``limits``: how far the chosen chunk leaves the action limits (0 when inside).
 * ``jerk``: the largest per-tick change of the chosen chunk, including the step from the last executed action,
   as a fraction of the allowed per-tick change.
@@ -51,10 +53,11 @@ class ActionBounds:
 
 @dataclass(frozen=True)
 class EmbeddingStats:
-    """Training-set statistics of the observation embedding."""
+    """Training-set statistics of the observation embedding; ``precision`` (inverse covariance) is optional."""
 
     mean: np.ndarray
     std: np.ndarray
+    precision: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,16 @@ def consistency_score(current: ChunkSamples, context: ChunkContext, bounds: Acti
 
 
 def ood_score(embedding: np.ndarray, stats: EmbeddingStats) -> float:
-    z = (np.asarray(embedding, dtype=np.float64).reshape(-1) - stats.mean) / np.maximum(stats.std, 1e-6)
-    return float(np.sqrt(np.mean(z**2)))
+    """Mahalanobis distance / sqrt(dim); the diagonal (RMS z-score) when the stats carry no precision matrix."""
+    centred = np.asarray(embedding, dtype=np.float64).reshape(-1) - stats.mean
+    if not np.all(np.isfinite(centred)):
+        return float("inf")
+    if stats.precision is None:
+        z = centred / np.maximum(stats.std, 1e-6)
+        return float(np.sqrt(np.mean(z**2)))
+    # A shrunk covariance keeps the quadratic form positive; the clamp only absorbs rounding.
+    squared = float(centred @ stats.precision @ centred)
+    return float(np.sqrt(max(squared, 0.0) / centred.shape[0]))
 
 
 def limits_score(chunk: np.ndarray, bounds: ActionBounds) -> float:

@@ -1,0 +1,264 @@
+"""Calibrating the confidence thresholds from held-out rollouts, with a stated guarantee (split conformal).
+
+Input: one row per held-out task *step*: the largest value each signal took over the step's chunks (a step is
+flagged by the gate as soon as one chunk exceeds a threshold, so the step's maximum is what a threshold sees)
+and whether the judge failed the step.
+
+The rule (see docs/confidence.md):
+
+1. **Thresholds from successful steps only** (split-conformal, as in FAIL-Detect): for a level ``a``, the
+   threshold of signal ``s`` is the ``ceil((n+1)(1-a))``-th smallest of the ``n`` successful steps' maxima of
+   ``s``. For a new successful step exchangeable with them, P(its maximum > threshold) <= ``a``: each signal
+   raises a false alarm on at most a fraction ``a`` of good steps (all signals together: at most ``k·a``).
+2. **The level from the failed steps, for a target miss rate** (conformal risk control, Angelopoulos et al.
+   2022): a failed step is *missed* when no signal exceeds its threshold. Misses only fall as ``a`` grows, so we
+   take the smallest ``a`` on a grid with ``(m/(m+1))·miss_rate(a) + 1/(m+1) <= target`` over the ``m``
+   failed steps; then the expected miss rate on a new failed step is at most ``target``. The smallest target
+   this can promise is ``1/(m+1)``: fewer failures than that, and calibration refuses, saying how many it needs.
+3. The figures promised are then *measured* on a separate test split of whole chains.
+
+Pure numpy; no I/O except the two writers at the bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from vla_edge.bundle import MANIFEST_FILE, SIGNATURE_FILE, read_manifest, write_manifest
+from vla_edge.errors import VlaEdgeError
+
+CALIBRATED_SIGNALS: tuple[str, ...] = ("spread", "consistency", "ood")
+"""Set from data. ``limits`` stays 0 (any excursion fails) and ``jerk`` comes from the action space's max_delta."""
+
+LEVEL_GRID = np.concatenate([np.geomspace(1e-3, 0.05, 40), np.linspace(0.05, 0.5, 46)[1:]])
+"""Candidate per-signal false-alarm levels, fine at the small end where useful thresholds live."""
+
+
+class CalibrationError(VlaEdgeError):
+    """Not enough (or unusable) held-out data for the calibration asked for."""
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """Held-out steps: ``values[s]`` is each step's maximum of signal ``s``; ``failed`` is the judge's verdict."""
+
+    values: dict[str, np.ndarray]
+    failed: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = self.failed.shape[0]
+        for name, column in self.values.items():
+            if column.shape != (n,):
+                raise ValueError(f"signal {name!r} has {column.shape} values for {n} steps")
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[Mapping[str, float], bool]], signals: Sequence[str]) -> StepScores:
+        values = {s: np.array([float(r[0].get(s, 0.0)) for r in rows], dtype=np.float64) for s in signals}
+        return cls(values, np.array([bool(r[1]) for r in rows], dtype=bool))
+
+    def subset(self, mask: np.ndarray) -> StepScores:
+        return StepScores({s: v[mask] for s, v in self.values.items()}, self.failed[mask])
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.failed.shape[0])
+
+    @property
+    def n_failed(self) -> int:
+        return int(self.failed.sum())
+
+
+def conformal_threshold(scores: np.ndarray, level: float) -> float:
+    """The ``ceil((n+1)(1-level))``-th smallest score: P(new exchangeable score > it) <= level.
+
+    When that rank exceeds n (too few scores for the level), no finite threshold keeps the promise: inf.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    n = ordered.shape[0]
+    rank = math.ceil((n + 1) * (1.0 - level) - 1e-9)  # the epsilon keeps float rounding from adding a rank
+    if rank > n:
+        return float("inf")
+    return float(ordered[max(rank, 1) - 1])
+
+
+def flagged(scores: StepScores, thresholds: Mapping[str, float]) -> np.ndarray:
+    """Which steps the gate would stop: any signal strictly above its threshold (the monitor passes ``<=``)."""
+    hit = np.zeros(scores.n_steps, dtype=bool)
+    for name, column in scores.values.items():
+        if name in thresholds:
+            hit |= column > thresholds[name]
+    return hit
+
+
+@dataclass(frozen=True)
+class Rates:
+    false_alarm: float  # flagged successful steps / successful steps
+    miss: float  # unflagged failed steps / failed steps
+    n_success: int
+    n_failed: int
+
+
+def rates(scores: StepScores, thresholds: Mapping[str, float]) -> Rates:
+    hit = flagged(scores, thresholds)
+    good, bad = ~scores.failed, scores.failed
+    return Rates(
+        false_alarm=float(hit[good].mean()) if good.any() else float("nan"),
+        miss=float((~hit[bad]).mean()) if bad.any() else float("nan"),
+        n_success=int(good.sum()),
+        n_failed=int(bad.sum()),
+    )
+
+
+def thresholds_at_level(successes: StepScores, level: float, signals: Sequence[str]) -> dict[str, float]:
+    return {s: conformal_threshold(successes.values[s], level) for s in signals}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    thresholds: dict[str, float]
+    level: float  # per-signal false-alarm level a
+    rule: Literal["target_miss_rate", "false_alarm_rate"]
+    target: float
+    calibration: Rates  # on the steps the thresholds were fitted to
+    miss_bound: float | None  # (m/(m+1)) miss + 1/(m+1): the conformal risk-control bound at the chosen level
+
+
+def calibrate_false_alarm(scores: StepScores, level: float, signals: Sequence[str] = CALIBRATED_SIGNALS) -> Calibration:
+    """Rule 1 alone: each signal flags at most ``level`` of good steps."""
+    successes = scores.subset(~scores.failed)
+    if successes.n_steps < 1:
+        raise CalibrationError("no successful held-out step: the thresholds are fitted to successful steps")
+    needed = math.ceil(1.0 / level) - 1
+    if successes.n_steps < needed:
+        raise CalibrationError(
+            f"a false-alarm level of {level:g} needs at least {needed} successful held-out steps, got "
+            f"{successes.n_steps}; roll out more chains or raise the level"
+        )
+    thresholds = thresholds_at_level(successes, level, signals)
+    return Calibration(thresholds, level, "false_alarm_rate", level, rates(scores, thresholds), None)
+
+
+def calibrate_miss_rate(
+    scores: StepScores, target_miss_rate: float, signals: Sequence[str] = CALIBRATED_SIGNALS
+) -> Calibration:
+    """Rules 1 and 2: the smallest per-signal false-alarm level whose risk-control bound on misses <= target."""
+    if not 0.0 < target_miss_rate < 1.0:
+        raise CalibrationError(f"the target miss rate must be in (0, 1), got {target_miss_rate}")
+    successes, failures = scores.subset(~scores.failed), scores.subset(scores.failed)
+    m = failures.n_steps
+    if successes.n_steps < 1:
+        raise CalibrationError("no successful held-out step: the thresholds are fitted to successful steps")
+    needed = math.ceil(1.0 / target_miss_rate) - 1
+    if m < needed:
+        raise CalibrationError(
+            f"a target miss rate of {target_miss_rate:g} needs at least {needed} failed held-out steps, got {m}; "
+            "roll out more chains or raise the target"
+        )
+    # Below 1/(n+1) a conformal threshold would have to be infinite (the signal switched off): not offered.
+    usable = LEVEL_GRID[LEVEL_GRID >= 1.0 / (successes.n_steps + 1)]
+    for level in usable:
+        thresholds = thresholds_at_level(successes, float(level), signals)
+        miss = float((~flagged(failures, thresholds)).mean())
+        bound = (m / (m + 1)) * miss + 1.0 / (m + 1)
+        if bound <= target_miss_rate:
+            return Calibration(
+                thresholds, float(level), "target_miss_rate", target_miss_rate, rates(scores, thresholds), bound
+            )
+    raise CalibrationError(
+        f"no threshold level up to a {LEVEL_GRID[-1]:.0%} false-alarm rate per signal misses fewer than "
+        f"{target_miss_rate:.1%} of failed steps: these signals do not separate this policy's failures well "
+        "enough; raise the target miss rate (checkpoint verification catches what the gate misses)"
+    )
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for predicting ``positive`` (ties count half); nan without both
+    classes. Equals the Mann–Whitney U statistic over (positives × negatives)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    finite = np.where(np.isfinite(scores), scores, np.where(scores > 0, np.finfo(float).max, -np.finfo(float).max))
+    order = np.argsort(finite, kind="mergesort")
+    ranks = np.empty(finite.shape[0], dtype=np.float64)
+    sorted_scores = finite[order]
+    # Average ranks over ties, so equal scores contribute one half.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [finite.shape[0]]])
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = 0.5 * (start + end - 1) + 1.0
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+# ----------------------------------------------------------------------------------------------- the report
+
+
+class RatesModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    false_alarm: float | None
+    miss: float | None
+    n_success: int
+    n_failed: int
+
+    @classmethod
+    def of(cls, r: Rates) -> RatesModel:
+        clean = lambda x: None if not math.isfinite(x) else round(x, 6)  # noqa: E731
+        return cls(false_alarm=clean(r.false_alarm), miss=clean(r.miss), n_success=r.n_success, n_failed=r.n_failed)
+
+
+class CalibrationReport(BaseModel):
+    """What ``vla-edge calibrate`` writes (``--out``): the thresholds the daemon reads and how they were made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    thresholds: dict[str, float] = Field(description="Signal name -> threshold; a chunk passes when value <= it.")
+    rule: Literal["target_miss_rate", "false_alarm_rate"]
+    target: float
+    level: float = Field(description="Per-signal conformal false-alarm level a on successful steps.")
+    miss_bound: float | None = None
+    bundle: str
+    precision: str
+    num_samples: int
+    chains: int
+    seed: int
+    calibration: RatesModel
+    test: RatesModel | None = None
+    auroc: dict[str, float | None] = Field(default_factory=dict)
+
+
+def write_thresholds_file(report: CalibrationReport, path: Path) -> Path:
+    """The file ``confidence.thresholds_file`` points to (its ``thresholds`` map is what the daemon reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(report.model_dump_json(indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def write_thresholds_to_bundle(bundle_dir: Path, thresholds: Mapping[str, float]) -> tuple[Path, bool]:
+    """Put the thresholds in the bundle's manifest; returns the manifest path and whether a signature existed
+    (it no longer matches: the manifest is part of what is signed, so the bundle must be signed again)."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir / MANIFEST_FILE)
+    finite = {k: float(v) for k, v in thresholds.items() if math.isfinite(v)}
+    if len(finite) != len(thresholds):
+        raise CalibrationError("refusing to write an infinite threshold into the bundle; calibrate with more data")
+    updated = manifest.model_copy(update={"confidence_thresholds": {**(manifest.confidence_thresholds or {}), **finite}})
+    path = write_manifest(type(manifest).model_validate(json.loads(updated.model_dump_json())), bundle_dir)
+    return path, (bundle_dir / SIGNATURE_FILE).exists()
