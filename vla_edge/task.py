@@ -387,43 +387,45 @@ class TaskRunner:
         """Ask the operator to verify the steps since the previous checkpoint; act on the answer.
 
         approve: continue at ``next_step``. retry: redo from the step the operator picked (default: the last one),
-        the steps after it are run again too. takeover: the operator drives the picked step, then the task
-        continues after it. abort: the task ends.
+        the steps after it are run again too. takeover: the operator drives the picked step, then is asked to
+        verify the segment again (another step may need fixing too; the others are not re-run). abort: the task
+        ends.
         """
         covered = tuple(range(segment_start, next_step))
         if not covered:
             return _SegmentVerdict("continue", next_step)  # nothing ran since the previous checkpoint
         last = next_step - 1
-        self.executor.hold("checkpoint: waiting for the operator to verify")
-        answer = self._ask(
-            "verify",
-            last,
-            self.spec.steps[last],
-            self.executor.latest_frame(),
-            {},
-            f"checkpoint after step {last}: verify steps {covered[0]}–{covered[-1]}",
-            covered,
-            stop,
-        )
         verdict = _SegmentVerdict
-        if answer.decision is None:
-            return verdict("stopped", next_step, reason="stop requested while waiting for verification")
-        decision = answer.decision
-        chosen = decision.step_index if decision.step_index is not None else last
-        if decision.action == "approve":
-            return verdict("continue", next_step)
-        if decision.action == "abort":
-            self.executor.hold("aborted by the operator")
-            return verdict("aborted", next_step, reason=f"aborted by {decision.operator} at verification")
-        if decision.action == "retry":
-            self._count("redo_requests")
-            return verdict("continue", chosen, redo_from=chosen)
-        teleop = self._teleoperate(chosen, self.spec.steps[chosen], stop)
-        if teleop.outcome != "done":
-            self.executor.hold("stop requested")
-            return verdict("stopped", next_step, reason="stop requested during take-over")
-        self._record(chosen, _StepEnd(status="finished", resolution="teleoperated", attempts=1, ticks=teleop.ticks))
-        return verdict("continue", chosen + 1, redo_from=chosen + 1 if chosen + 1 < next_step else None)
+        while True:
+            self.executor.hold("checkpoint: waiting for the operator to verify")
+            answer = self._ask(
+                "verify",
+                last,
+                self.spec.steps[last],
+                self.executor.latest_frame(),
+                {},
+                f"checkpoint after step {last}: verify steps {covered[0]}–{covered[-1]}",
+                covered,
+                stop,
+            )
+            if answer.decision is None:
+                return verdict("stopped", next_step, reason="stop requested while waiting for verification")
+            decision = answer.decision
+            chosen = decision.step_index if decision.step_index is not None else last
+            if decision.action == "approve":
+                return verdict("continue", next_step)
+            if decision.action == "abort":
+                self.executor.hold("aborted by the operator")
+                return verdict("aborted", next_step, reason=f"aborted by {decision.operator} at verification")
+            if decision.action == "retry":
+                self._count("redo_requests")
+                return verdict("continue", chosen, redo_from=chosen)
+            teleop = self._teleoperate(chosen, self.spec.steps[chosen], stop)
+            if teleop.outcome != "done":
+                self.executor.hold("stop requested")
+                return verdict("stopped", next_step, reason="stop requested during take-over")
+            self._record(chosen, _StepEnd(status="finished", resolution="teleoperated", attempts=1,
+                                          ticks=teleop.ticks))
 
     def _checkpoint(self, next_step: int, *, segment_start: int, pending: bool) -> None:
         self._count("checkpoints")

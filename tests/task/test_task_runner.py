@@ -227,8 +227,14 @@ def test_verify_at_checkpoint_takeover_drives_chosen_step(tmp_path):
         time.sleep(0.01)
     assert runner.teleop.active_step == 2, "default take-over step is the last one verified"
     runner.teleop.put(TeleopCommand(done=True))
+    # After the take-over the operator is asked to verify the segment again; nothing else is re-run.
+    again = wait_open(queue)
+    assert again.id != esc.id and again.kind == "verify"
+    calls_before = len(executor.calls)
+    queue.decide(Decision(escalation_id=again.id, action="approve"))
     result = bg.join()
     assert result.status == "completed" and result.history[-1].resolution == "teleoperated"
+    assert len(executor.calls) == calls_before
 
 
 def test_pending_verification_survives_restart(tmp_path):
