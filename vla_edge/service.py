@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from vla_edge.executor import ExecutorSettings, PolicyStepExecutor, TickObserver
 from vla_edge.operator.console import ConsoleModel, OperatorConsole
 from vla_edge.operator.escalation import EscalationQueue, TeleopChannel
 from vla_edge.policy import PolicyRunner
+from vla_edge.routing import build_router
 from vla_edge.scheduler import PlannedChunk, TickDecision
 from vla_edge.sdnotify import Notifier, WatchdogGate, watchdog_interval_s
 from vla_edge.signing import check_policy_signature
@@ -82,6 +84,16 @@ def load_thresholds(path: Path) -> dict[str, float]:
     if not isinstance(thresholds, dict) or not all(isinstance(v, (int, float)) for v in thresholds.values()):
         raise VlaEdgeError(f"confidence thresholds file {path} must map signal names to numbers")
     return {str(k): float(v) for k, v in thresholds.items()}
+
+
+@contextmanager
+def _binding(what: str, host: str, port: int, setting: str) -> Iterator[None]:
+    """Turn a failed bind into a message that names the address and the setting to change."""
+    try:
+        yield
+    except OSError as exc:
+        raise VlaEdgeError(f"cannot open the {what} on {host}:{port}: {exc.strerror or exc}; "
+                           f"change {setting} (0 picks a free port)") from None
 
 
 class _TelemetryObserver(TickObserver):
@@ -156,6 +168,9 @@ class Daemon:
         self.policy = PolicyRunner(self.bundle, s.policy.precision, s.policy.providers, s.policy.intra_op_threads,
                                    s.policy.seed)
         monitor = build_monitor(self.bundle, s)
+        router = build_router(s, manifest, monitor, self.metrics.metrics, self.console_model.set_remote_status)
+        if router is not None:
+            self._stack.callback(router.close)
 
         camera = open_source(s.camera)
         camera.start()
@@ -166,15 +181,17 @@ class Daemon:
         self.stream.start()
         self._stack.callback(self.stream.close)
 
-        self.metrics_server = MetricsServer(self.metrics, s.telemetry.metrics_host, s.telemetry.metrics_port,
-                                            status_provider=self._status).start()
+        with _binding("metrics endpoint", s.telemetry.metrics_host, s.telemetry.metrics_port, "telemetry.metrics_port"):
+            self.metrics_server = MetricsServer(self.metrics, s.telemetry.metrics_host, s.telemetry.metrics_port,
+                                                status_provider=self._status).start()
         self._stack.callback(self.metrics_server.stop)
         health = HealthSampler(self.metrics, s.telemetry.health_interval_s).start()
         self._stack.callback(health.stop)
 
         if s.operator.enabled:
             self.console_model.set_frame_provider(lambda: self.executor.latest_frame() if self.executor else None)
-            self.console = OperatorConsole(self.console_model, s.operator)
+            with _binding("operator console", s.operator.host, s.operator.port, "operator.port"):
+                self.console = OperatorConsole(self.console_model, s.operator)
             self.console.start()
             self._stack.callback(self.console.stop)
 
@@ -208,6 +225,7 @@ class Daemon:
             ),
             observers=observers,
             progress=self._watchdog.progress if self._watchdog else None,
+            router=router,
         )
         self._stack.callback(self.executor.close)
         log.info("vla-edge up: bundle %s %s (%s) on %s", manifest.name, manifest.version, s.policy.precision,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -61,6 +62,9 @@ def demo(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     recording = importlib.util.find_spec("av") is not None and importlib.util.find_spec("pyarrow") is not None
 
+    port = args.port if _port_free(args.port) else 0
+    if port != args.port:
+        console.print(f"[yellow]port {args.port} is busy; the operator console takes a free port[/]")
     robot = SimRobotProcess(args.seed, log_path=run_dir / "sim_robot.log").start()
     ports = robot.ports
     overrides = {
@@ -69,7 +73,7 @@ def demo(args: argparse.Namespace) -> int:
                    "curve": False},
         "task": {"state_dir": str(run_dir / "state"), "verify_at_checkpoint": not args.no_verify},
         "recorder": {"enabled": recording, "dataset_dir": str(run_dir / "dataset")},
-        "operator": {"port": args.port},
+        "operator": {"port": port},
         "telemetry": {"metrics_port": 0},
     }
     if args.precision:
@@ -124,6 +128,15 @@ def demo(args: argparse.Namespace) -> int:
         if sim is not None:
             sim.close()
         robot.stop()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class _ProgressPrinter:
