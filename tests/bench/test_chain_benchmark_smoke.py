@@ -1,0 +1,124 @@
+"""The chain benchmark's bookkeeping on tiny runs with the real policy (ONNX Runtime), monitor and task runner,
+and its --quick command end to end (table, JSON, PNG)."""
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.chain_benchmark import (
+    ChunkRecord,
+    LoopSettings,
+    SimTimeExecutor,
+    StepRun,
+    base_monitor,
+    chain_setup,
+    main,
+    open_policy,
+    run_autonomous,
+    run_gated,
+    with_thresholds,
+)
+from hil.world import TabletopWorld
+from vla_edge.paths import REFERENCE_BUNDLE_DIR
+
+# Another bundle (e.g. a quick build) can be tried with VLA_EDGE_TEST_BUNDLE=/path.
+BUNDLE_DIR = Path(os.environ.get("VLA_EDGE_TEST_BUNDLE", REFERENCE_BUNDLE_DIR))
+SETTINGS = LoopSettings(num_samples=4, max_ticks=60)
+
+
+@pytest.fixture(scope="module")
+def opened():
+    bundle, policy = open_policy(BUNDLE_DIR, "int8", threads=1)
+    return bundle, policy, base_monitor(bundle)
+
+
+def _never(monitor):
+    return with_thresholds(monitor, {"spread": np.inf, "consistency": np.inf, "ood": np.inf, "limits": np.inf,
+                                     "jerk": np.inf})
+
+
+def _always(monitor):
+    return with_thresholds(monitor, {"spread": -1.0})
+
+
+def test_a_gate_that_rejects_everything_hands_every_step_to_the_operator(opened, tmp_path):
+    _, policy, monitor = opened
+    setup = chain_setup(7, 0, n_steps=5)
+    chain = run_gated(setup, policy, _always(monitor), SETTINGS, tmp_path, operator_delay_s=5.0)
+    assert chain.low_confidence_actuations == 0
+    assert chain.chunks_actuated == 0  # the first chunk of each step is refused before it moves anything
+    assert chain.touches["low_confidence"] == 5
+    # Checkpoints after steps 4 and 5 (the end); the operator finished every step, so both are approved.
+    assert chain.touches["verify"] == 2 and chain.decisions["verify:approve"] == 2
+    assert chain.success and chain.final_state_ok and chain.status == "completed"
+    operator_ticks = sum(r.ticks for r in chain.runs if r.driver == "operator")
+    assert chain.operator_seconds == pytest.approx(7 * 5.0 + operator_ticks / 10.0)
+
+
+def test_a_gate_that_never_fires_leaves_failures_to_the_checkpoints(opened, tmp_path):
+    _, policy, monitor = opened
+    setup = chain_setup(7, 1, n_steps=4)
+    chain = run_gated(setup, policy, _never(monitor), SETTINGS, tmp_path, operator_delay_s=1.0)
+    policy_runs = [r for r in chain.runs if r.driver == "policy"]
+    failed = [r for r in policy_runs if r.success is not True]
+    assert chain.touches.get("low_confidence", 0) == 0 and chain.chunks_flagged == 0
+    assert chain.gate_misses == sum(1 for r in policy_runs if r.outcome == "done" and not r.success)
+    assert chain.touches.get("stalled", 0) == sum(1 for r in policy_runs if r.outcome == "stalled")
+    if failed:  # the checkpoint found them: one take-over per repaired step, then a fresh verification
+        assert chain.decisions.get("verify:takeover", 0) >= 1
+    assert chain.decisions.get("verify:approve", 0) == 1
+    assert chain.success == chain.final_state_ok
+
+
+def test_gated_and_autonomous_runs_agree_until_the_first_intervention(opened, tmp_path):
+    _, policy, monitor = opened
+    setup = chain_setup(7, 2, n_steps=4)
+    free = run_autonomous(setup, policy, _never(monitor), SETTINGS)
+    gated = run_gated(setup, policy, _never(monitor), SETTINGS, tmp_path, operator_delay_s=1.0)
+    first_runs = [r for r in gated.runs if r.driver == "policy"]
+    for autonomous_step, gated_step in zip(free.steps, first_runs, strict=False):
+        # Same layout, same noise: the same chunks, the same signal values and the same verdict of the judge.
+        assert autonomous_step.ticks == gated_step.ticks
+        assert autonomous_step.signal_max() == pytest.approx(gated_step.signal_max())
+        assert autonomous_step.success == gated_step.success
+        if not autonomous_step.success:
+            break
+
+
+def test_actuating_a_refused_chunk_is_counted(opened):
+    _, policy, monitor = opened
+    executor = SimTimeExecutor(TabletopWorld(0), policy, monitor, SETTINGS, np.random.default_rng(0),
+                               np.random.default_rng(1))
+    run = StepRun(0, "policy", "stalled", None, "", 0)
+    executor._actuate(np.array([0.5, 0.5, 0.0, 0.0], np.float32), ChunkRecord(0, {}, passed=False), run)
+    executor._actuate(np.array([0.5, 0.5, 0.0, 0.0], np.float32), ChunkRecord(0, {}, passed=False, approved=True), run)
+    assert executor.low_confidence_actuations == 1 and executor.robot_ticks == 2
+
+
+def test_stop_ends_a_step_without_moving(opened):
+    _, policy, monitor = opened
+    world = TabletopWorld(3)
+    before = world.snapshot()
+    executor = SimTimeExecutor(world, policy, monitor, SETTINGS, np.random.default_rng(0), np.random.default_rng(1))
+    stop = threading.Event()
+    stop.set()
+    report = executor.run_step(0, "put the red block in the left bin", stop)
+    assert report.outcome == "stopped" and world.snapshot() == before
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_table_json_and_png(tmp_path, capsys):
+    out = tmp_path / "chain"
+    assert main(["--quick", "--chains", "2", "--bundle", str(BUNDLE_DIR), "--samples", "4", "--out", str(out)]) == 0
+    summary = json.loads((out / "chain_benchmark.json").read_text())
+    assert summary["chains"] == 2 and summary["gated"]["low_confidence_chunks_actuated"] == 0
+    assert set(summary["auroc"]) == {"spread", "consistency", "ood", "limits", "jerk"}
+    assert summary["gated"]["verifications_per_chain"] >= 3  # checkpoints after steps 4, 8 and 10
+    png = (out / "chain_benchmark.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert len(json.loads((out / "chains.json").read_text())) == 2
+    assert "chain success" in capsys.readouterr().out

@@ -1,0 +1,124 @@
+"""Calibration on synthetic arrays: the conformal quantile, its coverage, risk control on misses, AUROC."""
+
+import itertools
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from vla_edge.calibration import (
+    CalibrationError,
+    StepScores,
+    auroc,
+    calibrate_false_alarm,
+    calibrate_miss_rate,
+    conformal_threshold,
+    flagged,
+    rates,
+    write_thresholds_to_bundle,
+)
+from vla_edge.paths import REFERENCE_BUNDLE_DIR
+
+
+def test_conformal_threshold_is_the_promised_order_statistic():
+    scores = np.arange(1.0, 100.0)  # 99 scores: 1..99, shuffled below
+    rng = np.random.default_rng(0)
+    rng.shuffle(scores)
+    assert conformal_threshold(scores, 0.05) == 95.0  # ceil(100 * 0.95) = 95th smallest
+    assert conformal_threshold(scores, 0.10) == 90.0
+    assert conformal_threshold(scores, 0.01) == 99.0  # rank 99 = the largest
+    assert conformal_threshold(scores[:9], 0.05) == float("inf")  # ceil(10 * 0.95) = 10 > 9 scores
+    with pytest.raises(ValueError):
+        conformal_threshold(scores, 0.0)
+
+
+def test_split_conformal_keeps_its_false_alarm_promise_on_new_good_steps():
+    # Over many independent calibration sets, the flagged share of new good steps averages between a - 1/(n+1)
+    # and a: the guarantee is tight, not just an upper bound.
+    rng = np.random.default_rng(1)
+    level, n, trials = 0.1, 49, 3000
+    calibration = rng.gamma(2.0, 1.0, size=(trials, n))
+    fresh = rng.gamma(2.0, 1.0, size=trials)
+    thresholds = np.array([conformal_threshold(row, level) for row in calibration])
+    false_alarm = float(np.mean(fresh > thresholds))
+    assert level - 1.0 / (n + 1) - 0.02 <= false_alarm <= level + 0.02
+
+
+def _synthetic(rng, n_good, n_bad, shift=2.5):
+    good = {"spread": rng.normal(0, 1, n_good), "consistency": rng.normal(0, 1, n_good), "ood": rng.normal(0, 1, n_good)}
+    bad = {"spread": rng.normal(shift, 1, n_bad), "consistency": rng.normal(0, 1, n_bad), "ood": rng.normal(0, 1, n_bad)}
+    values = {k: np.concatenate([good[k], bad[k]]) for k in good}
+    return StepScores(values, np.concatenate([np.zeros(n_good, bool), np.ones(n_bad, bool)]))
+
+
+def test_risk_control_meets_the_target_miss_rate_on_held_out_failures():
+    rng = np.random.default_rng(2)
+    target, misses, alarms = 0.2, [], []
+    for _ in range(200):
+        fit, test = _synthetic(rng, 300, 40), _synthetic(rng, 300, 400)
+        result = calibrate_miss_rate(fit, target)
+        assert result.miss_bound is not None and result.miss_bound <= target
+        assert set(result.thresholds) == {"spread", "consistency", "ood"}
+        measured = rates(test, result.thresholds)
+        misses.append(measured.miss)
+        alarms.append(measured.false_alarm)
+    assert np.mean(misses) <= target + 0.01
+    # It spends no more false alarms than needed: a looser gate would also have met the target.
+    assert np.mean(alarms) < 0.6
+
+
+def test_calibration_refuses_too_little_data_and_says_how_much_it_needs():
+    rng = np.random.default_rng(3)
+    with pytest.raises(CalibrationError, match="needs at least 19 failed"):
+        calibrate_miss_rate(_synthetic(rng, 100, 5), 0.05)
+    with pytest.raises(CalibrationError, match="no successful"):
+        calibrate_miss_rate(_synthetic(rng, 0, 50), 0.2)
+    with pytest.raises(CalibrationError, match="do not separate"):
+        calibrate_miss_rate(_synthetic(rng, 200, 200, shift=0.0), 0.05)
+    result = calibrate_false_alarm(_synthetic(rng, 99, 0), 0.05)
+    assert result.rule == "false_alarm_rate" and all(np.isfinite(list(result.thresholds.values())))
+
+
+def test_flagged_uses_the_monitors_comparison():
+    scores = StepScores({"spread": np.array([1.0, 2.0, 3.0])}, np.array([False, False, True]))
+    assert flagged(scores, {"spread": 2.0}).tolist() == [False, False, True]  # value == threshold passes
+    r = rates(scores, {"spread": 2.0})
+    assert (r.false_alarm, r.miss, r.n_success, r.n_failed) == (0.0, 0.0, 2, 1)
+
+
+def _auroc_pairs(scores, positive):
+    pos, neg = scores[positive], scores[~positive]
+    wins = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p, q in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def test_auroc_on_known_cases():
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == pytest.approx(0.75)
+    assert auroc(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0, 0, 1, 1], bool)) == 1.0
+    assert auroc(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 1, 0, 0], bool)) == 0.0
+    assert auroc(np.zeros(6), np.array([0, 1, 0, 1, 0, 1], bool)) == 0.5
+    assert np.isnan(auroc(np.arange(3.0), np.zeros(3, bool)))
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 5, 40).astype(float)  # many ties
+    labels = rng.random(40) < 0.3
+    assert auroc(scores, labels) == pytest.approx(_auroc_pairs(scores, labels))
+    with_inf = np.array([np.inf, 1.0, 0.5, 2.0])
+    assert auroc(with_inf, np.array([1, 0, 0, 1], bool)) == 1.0
+
+
+def test_thresholds_written_into_a_manifest_reach_the_daemons_monitor(tmp_path):
+    from vla_edge.bundle import load_bundle
+    from vla_edge.config import Settings
+    from vla_edge.service import build_monitor
+
+    shutil.copy(REFERENCE_BUNDLE_DIR / "manifest.json", tmp_path / "manifest.json")
+    (tmp_path / "signature.json").write_text("{}")
+    path, was_signed = write_thresholds_to_bundle(tmp_path, {"spread": 0.031, "consistency": 0.2, "ood": 3.5})
+    assert was_signed and path == tmp_path / "manifest.json"
+    assert json.loads(path.read_text())["confidence_thresholds"]["spread"] == 0.031
+    monitor = build_monitor(load_bundle(tmp_path, verify=False), Settings())
+    assert monitor.thresholds["spread"] == 0.031 and monitor.thresholds["ood"] == 3.5
+    assert monitor.embedding_stats.precision is not None
+    with pytest.raises(CalibrationError, match="infinite"):
+        write_thresholds_to_bundle(tmp_path, {"spread": float("inf")})
