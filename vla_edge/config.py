@@ -119,10 +119,20 @@ class TelemetrySettings(Section):
 
 
 class RemoteSettings(Section):
+    """The remote policy tier: a larger policy on a Triton server, asked only when the local verdict fails."""
+
     enabled: bool = False
-    url: str = "127.0.0.1:8001"
+    url: str = Field("127.0.0.1:8001", description="Triton gRPC address (host:port) of `vla-edge remote serve`.")
     model_name: str = "vla_remote"
-    deadline_ms: float = Field(200.0, gt=0)
+    deadline_ms: float = Field(
+        200.0, gt=0, description="An answer later than this (measured here) is discarded; the local result stands."
+    )
+    down_after_failures: int = Field(3, ge=1, description="Failures in a row before calls pause (backoff).")
+    backoff_initial_ms: float = Field(500.0, gt=0, description="First pause while down; doubles on each failure.")
+    backoff_max_ms: float = Field(10000.0, gt=0)
+    startup_wait_s: float = Field(
+        2.0, ge=0, description="How long start-up waits for the server; the daemon starts without it."
+    )
 
 
 class Settings(BaseSettings):

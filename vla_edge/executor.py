@@ -25,6 +25,7 @@ from vla_edge.camera import CameraStatus, FrameSource
 from vla_edge.confidence import ChunkContext, ConfidenceMonitor, select_chunk
 from vla_edge.operator.escalation import TeleopChannel
 from vla_edge.policy import PolicyRunner
+from vla_edge.routing import TieredPlanner
 from vla_edge.scheduler import ChunkScheduler, InferenceRequest, PlannedChunk, RateLoop, TickDecision
 from vla_edge.stream import ActionStream
 from vla_edge.task import StepReport
@@ -82,9 +83,11 @@ class PolicyStepExecutor:
         settings: ExecutorSettings,
         observers: list[TickObserver] | None = None,
         progress: callable | None = None,
+        router: TieredPlanner | None = None,
     ) -> None:
         self.policy = policy
         self.monitor = monitor
+        self.router = router  # asks the remote tier when the local verdict fails (vla_edge.routing)
         self.camera = camera
         self.stream = stream
         self.settings = settings
@@ -251,6 +254,10 @@ class PolicyStepExecutor:
             context = ChunkContext(previous, previous_start, request.start_tick,
                                    prefix[-1] if prefix is not None else last)
             verdict = self.monitor.evaluate(samples, chunk, context)
+            if self.router is not None:
+                routed = self.router.route(obs, prefix, self.settings.num_samples, samples, chunk, verdict, context,
+                                           time.perf_counter() - started)
+                samples, chunk, verdict = routed.samples, routed.chunk, routed.verdict
         if override and not verdict.passed:
             verdict = Verdict(True, verdict.signals, f"approved by the operator despite {verdict.reason}")
         latency_ms = (time.perf_counter() - started) * 1e3
