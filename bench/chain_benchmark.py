@@ -137,6 +137,7 @@ class SimTimeExecutor:
         self._expert_rng = expert_rng
         self.runs: list[StepRun] = []
         self.outcomes: dict[int, tuple[bool, str]] = {}
+        self.resolved_by: dict[int, str] = {}  # who finished each step last: "policy" or "operator"
         self.bins_before: dict[int, dict[str, str | None]] = {}
         self.robot_ticks = 0
         self.operator_ticks = 0
@@ -181,7 +182,8 @@ class SimTimeExecutor:
             chunk = select_chunk(samples.actions)
             context = ChunkContext(previous, previous_start, start_tick, prefix)
             verdict = self.monitor.evaluate(samples, chunk, context)
-            record = ChunkRecord(step_index, dict(verdict.score), verdict.passed, approved=override and not verdict.passed)
+            approved = override and not verdict.passed  # the operator saw this refusal and said go, once
+            record = ChunkRecord(step_index, dict(verdict.score), verdict.passed, approved=approved)
             override = False
             run.chunks.append(record)
             if self.settings.gate and not (record.passed or record.approved):
@@ -238,6 +240,7 @@ class SimTimeExecutor:
         judgement = explain_step(self.world, step, before)
         run.success, run.reason = judgement.success, judgement.reason
         self.outcomes[step_index] = (judgement.success, judgement.reason)
+        self.resolved_by[step_index] = driver
         return run
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -259,6 +262,7 @@ class SimTimeExecutor:
         judgement = explain_step(self.world, step, self.bins_before[run.step])
         run.outcome, run.success, run.reason = "done", judgement.success, judgement.reason
         self.outcomes[run.step] = (judgement.success, judgement.reason)
+        self.resolved_by[run.step] = "policy"
         return StepReport("done", self.world.render(), {}, "", run.ticks)
 
     def _end(self, run: StepRun, outcome: str, reason: str, confidence: dict[str, float] | None = None) -> StepReport:
@@ -352,7 +356,9 @@ class AutonomousChain:
         return all(bool(s.success) for s in self.steps)
 
 
-def run_autonomous(setup: ChainSetup, policy: PolicyRunner, monitor: ConfidenceMonitor, settings: LoopSettings) -> AutonomousChain:
+def run_autonomous(
+    setup: ChainSetup, policy: PolicyRunner, monitor: ConfidenceMonitor, settings: LoopSettings
+) -> AutonomousChain:
     world = TabletopWorld(setup.world_seed)
     executor = SimTimeExecutor(world, policy, monitor, dataclasses.replace(settings, gate=False),
                                np.random.default_rng(setup.noise_seed), np.random.default_rng(setup.expert_seed))
@@ -385,6 +391,7 @@ class GatedChain:
     chunks_flagged: int
     policy_attempts: int
     gate_misses: int  # policy attempts that said done but failed the judge (only a checkpoint can catch them)
+    steps_by_policy: int  # steps whose final, successful completion was the policy's own
     runs: list[StepRun]
 
 
@@ -403,7 +410,8 @@ def run_gated(
     operator = ScriptedOperator(executor, operator_delay_s)
     task_settings = TaskSettings(checkpoint_every=CHECKPOINT_EVERY, verify_at_checkpoint=True, state_dir=state_dir,
                                  step_timeout_s=settings.max_ticks / CONTROL_RATE_HZ)
-    spec = TaskSpec(task_id=f"bench-{setup.noise_seed[0]}-{setup.index}", steps=tuple(s.instruction for s in setup.chain))
+    steps = tuple(s.instruction for s in setup.chain)
+    spec = TaskSpec(task_id=f"bench-{setup.noise_seed[0]}-{setup.index}", steps=steps)
     runner = TaskRunner(spec, executor, AnsweredQueue(operator), CheckpointStore(state_dir), task_settings,
                         answer_timeout_s=1.0, events=executor.on_event)
     result = runner.run(threading.Event())
@@ -425,6 +433,8 @@ def run_gated(
         chunks_flagged=sum(1 for c in chunks if not c.passed),
         policy_attempts=len(policy_runs),
         gate_misses=sum(1 for r in policy_runs if r.outcome == "done" and not r.success),
+        steps_by_policy=sum(1 for i, who in executor.resolved_by.items()
+                            if who == "policy" and executor.outcomes.get(i, (False, ""))[0]),
         runs=executor.runs,
     )
 
@@ -484,7 +494,6 @@ def summarise(
     touches = Counter()
     for chain in gated:
         touches.update(chain.touches)
-    policy_steps = [r for c in gated for r in c.runs if r.driver == "policy"]
     return {
         "chains": n,
         "steps_per_chain": N_STEPS,
@@ -497,7 +506,7 @@ def summarise(
             "chain_success": _mean([c.success for c in gated]),
             "final_state_ok": _mean([c.final_state_ok for c in gated]),
             "completed": _mean([c.status == "completed" for c in gated]),
-            "policy_step_attempt_success": _mean([r.success is True for r in policy_steps]),
+            "steps_finished_by_policy": sum(c.steps_by_policy for c in gated) / (n * N_STEPS),
             "touches_per_chain": sum(touches.values()) / n,
             "touches_per_chain_by_kind": {k: v / n for k, v in sorted(touches.items())},
             "escalations_per_chain": (touches["low_confidence"] + touches["stalled"]) / n,
@@ -540,15 +549,16 @@ def print_table(summary: dict[str, Any], console: Any) -> None:
     table.add_column("autonomous", justify="right")
     table.add_column("gated", justify="right")
     table.add_row("chain success", f"{a['chain_success']:.1%}", f"{g['chain_success']:.1%}")
-    table.add_row("per-step success (policy attempts)", f"{a['step_success']:.1%}",
-                  f"{g['policy_step_attempt_success']:.1%}")
+    table.add_row("steps done by the policy alone (judged success)", f"{a['step_success']:.1%}",
+                  f"{g['steps_finished_by_policy']:.1%}")
     table.add_row("operator touches per chain", "0", f"{g['touches_per_chain']:.2f}")
     for kind, value in g["touches_per_chain_by_kind"].items():
         table.add_row(f"  {kind}", "", f"{value:.2f}")
     table.add_row("operator time per chain (sim s)", "0", f"{g['operator_seconds_per_chain']:.1f}")
     table.add_row("robot time per chain (sim s, incl. waits)", "", f"{g['robot_seconds_per_chain']:.1f}")
     table.add_row("low-confidence chunks actuated", "—", str(g["low_confidence_chunks_actuated"]))
-    table.add_row("failed steps missed by the gate (caught at checkpoints)", "", str(g["gate_misses_caught_at_checkpoints"]))
+    table.add_row("failed steps missed by the gate (caught at checkpoints)", "",
+                  str(g["gate_misses_caught_at_checkpoints"]))
     table.add_row("gate miss rate on autonomous steps", _pct(gate["miss_rate"]), "")
     table.add_row("gate false-alarm rate on autonomous steps", _pct(gate["false_alarm_rate"]), "")
     for signal, value in summary["auroc"].items():

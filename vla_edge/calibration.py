@@ -259,6 +259,7 @@ def write_thresholds_to_bundle(bundle_dir: Path, thresholds: Mapping[str, float]
     finite = {k: float(v) for k, v in thresholds.items() if math.isfinite(v)}
     if len(finite) != len(thresholds):
         raise CalibrationError("refusing to write an infinite threshold into the bundle; calibrate with more data")
-    updated = manifest.model_copy(update={"confidence_thresholds": {**(manifest.confidence_thresholds or {}), **finite}})
+    merged = {**(manifest.confidence_thresholds or {}), **finite}
+    updated = manifest.model_copy(update={"confidence_thresholds": merged})
     path = write_manifest(type(manifest).model_validate(json.loads(updated.model_dump_json())), bundle_dir)
     return path, (bundle_dir / SIGNATURE_FILE).exists()
