@@ -194,6 +194,7 @@ class Worker:
 
     name: str
     process: subprocess.Popen
+    ready: dict[str, Any] | None = None  # the child's first line, e.g. its RSS before loading the model
 
     @classmethod
     def start(cls, name: str, spec: dict[str, Any], timeout_s: float = 600.0) -> Worker:
@@ -209,7 +210,7 @@ class Worker:
             env=env,
         )
         worker = cls(name=name, process=process)
-        worker._read(timeout_s)  # the "ready" line
+        worker.ready = worker._read(timeout_s)
         return worker
 
     def request(self, **message: Any) -> dict[str, Any]:

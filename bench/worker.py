@@ -1,9 +1,11 @@
 """One benchmark variant in its own process: ``python -m bench.worker '<json spec>'`` (started by bench.common.Worker).
 
 Spec: ``{"kind": "torch" | "ort", "bundle": dir, "precision": "fp32"|"int8"|"int4", "samples": K,
-"instruction": text, "recompute_instruction": bool, "threads": n, "seed": s}``.
-Requests on stdin, one JSON line each: ``{"op": "run", "n": chunks}`` → ``{"ms": [...]}`` (per-chunk wall time
-of encode + K-sample denoise, measured here), ``{"op": "memory"}`` → peak/current resident MiB, ``{"op": "quit"}``.
+"instruction": text, "recompute_instruction": bool, "threads": n, "seed": s}``, or ``{"kind": "scale", "dir": d,
+"threads": n, "prepack": bool}`` for the scale model.
+Requests on stdin, one JSON line each: ``{"op": "run", "n": count, "what": name}`` → ``{"ms": [...]}`` (wall
+time of each call, measured here; ``what`` is "chunk" for the policies, "prefill" or "step:<horizon>" for the
+scale model), ``{"op": "memory"}`` → peak/current resident MiB, ``{"op": "quit"}``.
 """
 
 from __future__ import annotations
@@ -82,13 +84,62 @@ def _ort_chunk(spec: dict[str, Any]) -> Callable[[], None]:
     return chunk_recomputed
 
 
+def _scale_calls(spec: dict[str, Any]) -> dict[str, Callable[[], None]]:
+    """Prefill once per chunk, and one denoising step of the action expert at any horizon."""
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    directory = Path(spec["dir"])
+    cfg = json.loads((directory / "scale_model.json").read_text())["config"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = spec["threads"]
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spec.get("prepack", True):
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    prefill = ort.InferenceSession(str(directory / "prefill.onnx"), options, providers=["CPUExecutionProvider"])
+    step = ort.InferenceSession(str(directory / "denoise_step.onnx"), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    prefix_feed = {
+        "patches": rng.standard_normal((1, cfg["patches"], cfg["patch_dim"]), dtype=np.float32),
+        "tokens": rng.integers(1, cfg["vocab"], size=(1, cfg["text_tokens"]), dtype=np.int64),
+    }
+    names = [o.name for o in prefill.get_outputs()]
+    cache = {n: v for n, v in zip(names, prefill.run(None, prefix_feed), strict=True) if n != "prefix_hidden"}
+
+    def run_prefill() -> None:
+        prefill.run(None, prefix_feed)
+
+    def step_at(horizon: int) -> Callable[[], None]:
+        feed = {
+            **cache,
+            "noisy_actions": rng.standard_normal((1, horizon, cfg["action_dim"]), dtype=np.float32),
+            "timestep": np.array([0.5], dtype=np.float32),
+        }
+        return lambda: step.run(None, feed)
+
+    calls: dict[str, Callable[[], None]] = {"prefill": run_prefill}
+    for horizon in sorted({1, 8, cfg["horizon"]}):
+        calls[f"step:{horizon}"] = step_at(horizon)
+    return calls
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
+    if spec["kind"] != "torch":
+        import onnxruntime  # noqa: F401 - so "before load" counts the runtime library, and only the model after
+
     baseline_mb = rss_mb()
     try:
-        chunk = {"torch": _torch_chunk, "ort": _ort_chunk}[spec["kind"]](spec)
-        for _ in range(3):  # first calls pay for lazy initialisation in both runtimes
-            chunk()
+        if spec["kind"] == "scale":
+            calls = _scale_calls(spec)
+        else:
+            calls = {"chunk": {"torch": _torch_chunk, "ort": _ort_chunk}[spec["kind"]](spec)}
+        for call in calls.values():
+            for _ in range(1 if spec["kind"] == "scale" else 3):  # first calls pay for lazy initialisation
+                call()
     except Exception as exc:  # reported to the parent, which raises a BenchError with this text
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return 1
@@ -97,9 +148,10 @@ def main(argv: list[str]) -> int:
         request = json.loads(line)
         if request["op"] == "run":
             times = []
+            call = calls[request.get("what", "chunk")]
             for _ in range(int(request["n"])):
                 start = time.perf_counter()
-                chunk()
+                call()
                 times.append((time.perf_counter() - start) * 1e3)
             print(json.dumps({"ms": times}), flush=True)
         elif request["op"] == "memory":
