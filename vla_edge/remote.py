@@ -50,7 +50,7 @@ REMOTE_OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
 }
 MAX_REMOTE_SAMPLES = 64
 # PyTriton wraps a refused request's message in a traceback; this finds the message.
-_BAD_REQUEST = re.compile(r"PyTritonBadParameterError: ([^\n]*)")
+_BAD_REQUEST = re.compile(r"(?:PyTritonBadParameterError|BadRemoteRequest): ([^\n]*)")
 
 FailureKind = Literal["unavailable", "deadline", "malformed", "rejected", "backoff"]
 HealthState = Literal["ok", "degraded", "down"]
