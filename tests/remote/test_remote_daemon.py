@@ -1,0 +1,57 @@
+"""The daemon with the remote tier configured but down: the robot keeps working on the local tier, the console
+shows the tier as degraded, and the metrics count each tier's calls. Real sockets, sessions and sim robot."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hil.harness import SimRobotProcess, SimulatedOperator, StepJudge, free_port
+from vla_edge.config import load_settings
+from vla_edge.service import Daemon
+from vla_edge.task import TaskSpec
+
+pytestmark = pytest.mark.slow
+
+
+def test_daemon_with_the_remote_tier_down_completes_its_task_on_the_local_tier(bundle, tmp_path):
+    with SimRobotProcess(seed=5) as robot:
+        p = robot.ports
+        settings = load_settings(
+            None,
+            camera={"source": "sim", "sim_endpoint": p.endpoint(p.frames)},
+            stream={"command_endpoint": p.endpoint(p.commands), "state_endpoint": p.endpoint(p.state),
+                    "curve": False},
+            task={"state_dir": str(tmp_path / "state")},
+            recorder={"enabled": False},
+            operator={"enabled": False},
+            telemetry={"metrics_port": 0},
+            policy={"bundle": str(bundle.path), "precision": "fp32"},
+            remote={"enabled": True, "url": f"127.0.0.1:{free_port()}", "deadline_ms": 150.0,
+                    "startup_wait_s": 0.3},
+        )
+        sim = robot.channel()
+        with Daemon(settings) as daemon:
+            assert daemon.executor.router is not None
+            assert daemon.console_model.state().remote.startswith("degraded"), daemon.console_model.state().remote
+            assert daemon.wait_for_controller(15.0) and daemon.wait_for_camera(10.0)
+            instructions = sim.chain(2, seed=5)
+            judge = StepJudge(sim)
+            operator = SimulatedOperator(daemon.escalations, daemon.teleop, sim, judge, instructions, 0.1).start()
+            try:
+                result = daemon.run_task(TaskSpec("remote-down", tuple(instructions)), threading.Event(),
+                                         events=judge.on_event)
+            finally:
+                operator.stop()
+            snapshot = daemon.metrics.metrics.snapshot()
+            remote_text = daemon.console_model.state().remote
+        sim.close()
+    assert result.status == "completed"
+    assert all(ok for ok, _ in judge.outcomes.values()), judge.outcomes
+    calls = snapshot["vla_edge_tier_calls"]
+    assert sum(v for k, v in calls.items() if k.startswith("local,")) > 0
+    # Whatever the remote tier was asked, it never answered: no remote pass, and the console still says so.
+    assert "remote,pass" not in calls
+    assert remote_text.startswith("degraded")
+    assert snapshot["vla_edge_remote_tier_up"][""] < 1.0
