@@ -57,7 +57,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     directory = ensure_model(cfg)
     info = json.loads((directory / "scale_model.json").read_text())
     model = info["config"]
-    prefill_reps, step_reps, rounds = (2, 3, 2) if cfg.quick else (2, 3, 3)
+    prefill_reps, step_reps, rounds = (2, 3, 2) if cfg.quick else (1, 2, 2)
     console.print(
         f"[bold]{NAME}[/bold]: {directory} ({info['parameters']['total'] / 1e9:.2f}B parameters, RANDOM WEIGHTS)"
     )

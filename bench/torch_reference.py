@@ -68,9 +68,10 @@ def load_reference(bundle: Bundle) -> ReferenceVLA:
 class TorchChunkRunner:
     """One chunk the way eager PyTorch code does it: encode once, then K samples through the Euler steps."""
 
-    def __init__(self, bundle: Bundle, threads: int) -> None:
+    def __init__(self, bundle: Bundle, threads: int, device: str = "cpu") -> None:
         torch.set_num_threads(threads)
-        self.model = load_reference(bundle)
+        self.device = torch.device(device)
+        self.model = load_reference(bundle).to(self.device)
         m = bundle.manifest
         self.horizon, self.action_dim, self.steps = m.horizon, m.action_dim, m.denoising_steps
         self.tokenizer = bundle.tokenizer()
@@ -78,23 +79,27 @@ class TorchChunkRunner:
 
     @torch.inference_mode()
     def set_instruction(self, text: str) -> None:
-        self._features = self.model.instruction_encoder(torch.from_numpy(self.tokenizer.encode(text)))
+        tokens = torch.from_numpy(self.tokenizer.encode(text)).to(self.device)
+        self._features = self.model.instruction_encoder(tokens)
 
     @torch.inference_mode()
     def chunk(self, image: np.ndarray, state: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """(K, H, A) normalised actions for one observation, from the given initial noise."""
         assert self._features is not None, "set_instruction first"
+        device = self.device
         context, _ = self.model.observation_encoder(
-            torch.from_numpy(image[None]), torch.from_numpy(state[None].astype(np.float32)), self._features
+            torch.from_numpy(image[None]).to(device),
+            torch.from_numpy(state[None].astype(np.float32)).to(device),
+            self._features,
         )
         k = noise.shape[0]
         context = context.expand(k, -1)
-        x = torch.from_numpy(noise)
+        x = torch.from_numpy(noise).to(device)
         dt = 1.0 / self.steps
         for step in range(self.steps):
-            t = torch.full((k,), step * dt)
+            t = torch.full((k,), step * dt, device=device)
             x = x + dt * self.model.denoiser(x, t, context)
-        return x.numpy()
+        return x.cpu().numpy()  # the copy back waits for the GPU, so the time covers the whole chunk
 
 
 def parity_max_abs(bundle: Bundle, runner: TorchChunkRunner, image: np.ndarray, state: np.ndarray, text: str) -> float:

@@ -32,7 +32,7 @@ def _torch_chunk(spec: dict[str, Any]) -> Callable[[], None]:
     from bench.torch_reference import TorchChunkRunner
     from vla_edge.bundle import load_bundle
 
-    runner = TorchChunkRunner(load_bundle(spec["bundle"]), spec["threads"])
+    runner = TorchChunkRunner(load_bundle(spec["bundle"]), spec["threads"], spec.get("device", "cpu"))
     image, state = _observation(spec["seed"])
     runner.set_instruction(spec["instruction"])
     rng = np.random.default_rng(spec["seed"])

@@ -1,0 +1,180 @@
+"""Part 5: ternary (1.58-bit, BitNet b1.58 style) weights for the reference policy: size, accuracy, latency.
+
+The ternary bundle (models/ternary/build.py, post-training absmean, no fine-tuning) holds the same ternary
+weights on two ONNX Runtime paths: 2-bit MatMulNBits and int8 kernels. Against the fp32 policy:
+* action error: the same held-out observations (hil world layouts) and the same initial noise, mean |error|;
+* closed loop: per-step success on the same hil chains (``models.reference.parity.closed_loop``);
+* latency per chunk: own process per variant, interleaved, same threads; the regular int8/int4 variants beside.
+Where ternary is slower or less accurate than int8, the table says so: nothing here is tuned to win.
+
+    python -m bench.ternary [--quick] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    THREADS,
+    BenchConfig,
+    Worker,
+    console,
+    instruction_for,
+    interleaved_rounds,
+    latency_stats,
+    machine_info,
+    print_table,
+    pyplot,
+    reference_bundle,
+    write_json,
+)
+
+NAME = "ternary"
+SAMPLES = 8
+SLOWER = 1.05  # "slower than int8" means more than 5 % slower (less is within the noise of one run)
+# name → (bundle: "reference" | "ternary", precision directory in it)
+VARIANTS = {
+    "fp32": ("reference", "fp32"),
+    "int8": ("reference", "int8"),
+    "int4": ("reference", "int4"),
+    "ternary-2bit-matmulnbits": ("ternary", "int4"),
+    "ternary-int8-kernels": ("ternary", "int8"),
+}
+
+
+def _held_out(count: int, seed: int) -> Any:
+    from hil.world import BINS, COLOURS, TabletopWorld
+    from models.reference.parity import HeldOut
+
+    rng = np.random.default_rng(seed)
+    images, states, texts = [], [], []
+    for i in range(count):
+        world = TabletopWorld(seed + i)
+        images.append(world.render())
+        states.append(world.state().astype(np.float32))
+        texts.append(f"put the {rng.choice(COLOURS)} block in the {rng.choice(BINS)} bin")
+    return HeldOut(images=np.stack(images), states=np.stack(states), instructions=texts)
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    from models.reference import parity
+    from models.ternary.build import build
+    from vla_edge.bundle import load_bundle
+
+    reference = reference_bundle(cfg.bundle, cfg.work)
+    ternary = build(reference, cfg.work / "ternary-bundle")
+    logging.getLogger().setLevel(logging.WARNING)  # importing onnxruntime's quantizer turned the root logger up
+    dirs = {"reference": reference, "ternary": ternary}
+    observations, chains, steps = (8, 1, 2) if cfg.quick else (64, 10, 10)
+    rounds, per_round = (4, 4) if cfg.quick else (20, 10)
+    console.print(f"[bold]{NAME}[/bold]: {reference} → {ternary}; {observations} observations, {chains} chains")
+
+    held = _held_out(observations, seed=500)
+    bundles = {key: load_bundle(path) for key, path in dirs.items()}
+    chunks, loops = {}, {}
+    for name, (which, precision) in VARIANTS.items():
+        chunks[name] = parity.sample_on(parity.runner_for(bundles[which], precision, 0, THREADS), held, 4, 0)
+        loops[name] = parity.closed_loop(parity.runner_for(bundles[which], precision, 0, THREADS), chains, 1000, steps)
+
+    instruction = instruction_for(reference)
+    workers: list[Worker] = []
+    try:
+        for name, (which, precision) in VARIANTS.items():
+            spec = {"kind": "ort", "bundle": str(dirs[which]), "precision": precision, "samples": SAMPLES,
+                    "instruction": instruction, "threads": THREADS, "seed": 0}
+            workers.append(Worker.start(name, spec))
+        timings = interleaved_rounds(workers, rounds, per_round)
+    finally:
+        for worker in workers:
+            worker.close()
+
+    rows: dict[str, Any] = {}
+    int8_median = latency_stats(timings["int8"])["median_ms"]
+    for name, (which, precision) in VARIANTS.items():
+        mae, worst = parity.action_error(chunks["fp32"], chunks[name])
+        stats = latency_stats(timings[name])
+        rows[name] = {
+            "bundle": which,
+            "graph_bytes": sum(p.stat().st_size for p in (dirs[which] / precision).glob("*.onnx")),
+            "action_mae_vs_fp32": round(mae, 5),
+            "action_max_abs_vs_fp32": round(worst, 4),
+            "per_step_success": round(loops[name].per_step_success, 4),
+            "closed_loop_steps": loops[name].steps,
+            **stats,
+            "latency_vs_int8": round(stats["median_ms"] / int8_median, 3),
+        }
+    slower = [n for n in ("ternary-2bit-matmulnbits", "ternary-int8-kernels") if rows[n]["latency_vs_int8"] > SLOWER]
+    result = {
+        "part": NAME,
+        "quick": cfg.quick,
+        "bundle": str(reference),
+        "ternary_bundle": str(ternary),
+        "method": "post-training absmean ternarisation per output column (BitNet b1.58 style), no fine-tuning",
+        "note_quick": "quick mode uses few observations and chains: accuracy figures are smoke values" if cfg.quick else "",
+        "machine": machine_info(),
+        "variants": rows,
+        "ternary_slower_than_int8": slower,
+    }
+    _report(result, cfg.out)
+    return result
+
+
+def _report(result: dict[str, Any], out: Path) -> None:
+    rows = [
+        [
+            name,
+            f"{v['graph_bytes'] / 1e3:.0f}",
+            f"{v['action_mae_vs_fp32']:.4f}",
+            f"{v['per_step_success']:.1%} ({v['closed_loop_steps']})",
+            f"{v['median_ms']:.2f}",
+            f"{v['p99_ms']:.2f}",
+            f"{v['latency_vs_int8']:.2f}x",
+        ]
+        for name, v in result["variants"].items()
+    ]
+    caption = ("more than 5 % slower than int8: " + ", ".join(result["ternary_slower_than_int8"])) if result["ternary_slower_than_int8"] else ""
+    print_table(
+        "ternary (1.58-bit, post-training) vs the reference variants",
+        ["variant", "graphs kB", "action MAE vs fp32", "per-step success (steps)", "median ms", "p99 ms",
+         "latency / int8"],
+        rows,
+        caption,
+    )
+    write_json(out / f"{NAME}.json", result)
+    plt = pyplot()
+    if plt is None:
+        return
+    names = list(result["variants"])
+    values = [result["variants"][n] for n in names]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for axis, key, label in zip(
+        axes, ("graph_bytes", "action_mae_vs_fp32", "median_ms"), ("graph bytes", "action MAE vs fp32", "median ms/chunk"),
+        strict=True,
+    ):
+        axis.bar(names, [v[key] for v in values], color=["tab:gray", "tab:blue", "tab:blue", "tab:red", "tab:red"])
+        axis.set_title(label)
+        axis.tick_params(axis="x", rotation=30)
+    fig.suptitle("ternary weights (red) vs fp32 / int8 / int4, reference policy")
+    fig.tight_layout()
+    fig.savefig(out / f"{NAME}.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ternary", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--work", type=Path, default=Path("models/work/bench"))
+    parser.add_argument("--bundle", type=Path, default=None)
+    args = parser.parse_args(argv)
+    run(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
