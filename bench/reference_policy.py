@@ -71,7 +71,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         for variant in VARIANTS:
             workers.append(Worker.start(variant, _spec(variant, bundle, instruction)))
         timings = interleaved_rounds(workers, rounds, per_round)
-        memory = {w.name: w.request(op="memory") for w in workers}
+        memory = {
+            w.name: {**w.request(op="memory"), "rss_before_load_mb": (w.ready or {}).get("rss_before_load_mb")}
+            for w in workers
+        }
     finally:
         for worker in workers:
             worker.close()
