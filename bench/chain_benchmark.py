@@ -143,6 +143,8 @@ class SimTimeExecutor:
         self.operator_ticks = 0
         self.low_confidence_actuations = 0  # actions from a chunk that neither passed nor was approved (must be 0)
         self.holds: Counter[str] = Counter()
+        # Set by the operator before a verification take-over: the bins the chain's plan wants at the checkpoint.
+        self.scene_targets: dict[int, dict[str, str]] = {}
 
     # -- StepExecutor ------------------------------------------------------------------------------------------
     def run_step(
@@ -204,8 +206,14 @@ class SimTimeExecutor:
     def teleoperate(
         self, step_index: int, instruction: str, commands: TeleopChannel, stop: threading.Event
     ) -> StepReport:
-        """The operator drives: here the scripted expert's moves, applied tick by tick (charged as operator time)."""
-        run = self.repair(step_index, parse_instruction(instruction), driver="operator")
+        """The operator drives: here the scripted expert's moves, applied tick by tick (charged as operator time).
+        At a checkpoint the operator puts the scene right (every block where the plan wants it by now); after a
+        refusal or a stall it finishes the step."""
+        target = self.scene_targets.pop(step_index, None)
+        if target is not None:
+            run = self.repair_scene(step_index, target)
+        else:
+            run = self.repair(step_index, parse_instruction(instruction), driver="operator")
         return StepReport("done" if not stop.is_set() else "stopped", self.world.render(), {}, run.reason, run.ticks)
 
     def hold(self, reason: str) -> None:
@@ -229,19 +237,41 @@ class SimTimeExecutor:
         now = self.world.block_bins()
         knocked = [Step(c, b) for c, b in before.items() if c != step.colour and b is not None and now[c] != b]
         for part in [*knocked, step]:
-            expert = ScriptedExpert(self._expert_rng)
-            expert.reset(part)
-            for _ in range(REPAIR_MAX_TICKS):
-                action = expert.act(self.world)
-                self.world.step(action)
-                self._tick(run, operator=driver == "operator")
-                if expert.finished:
-                    break
+            self._drive_expert(part, run, operator=driver == "operator")
         judgement = explain_step(self.world, step, before)
         run.success, run.reason = judgement.success, judgement.reason
         self.outcomes[step_index] = (judgement.success, judgement.reason)
         self.resolved_by[step_index] = driver
         return run
+
+    def repair_scene(self, step_index: int, target: dict[str, str]) -> StepRun:
+        """Move every misplaced block into the bin the plan wants (the operator fixing what a checkpoint found)."""
+        run = StepRun(step_index, "operator", "done", None, "", 0)
+        self.runs.append(run)
+        self._release_if_holding(run)
+        for colour, wanted in target.items():
+            if self.world.block_bins()[colour] != wanted:
+                self._drive_expert(Step(colour, wanted), run, operator=True)
+        misplaced = scene_mismatch(self.world, target)
+        run.success, run.reason = not misplaced, "; ".join(misplaced)
+        self.outcomes[step_index] = (run.success, run.reason)
+        self.resolved_by[step_index] = "operator"
+        return run
+
+    def _release_if_holding(self, run: StepRun) -> None:
+        if self.world.held_block() is not None:
+            here = self.world.gripper_position()
+            self.world.step(np.array([here[0], here[1], 0.0, 0.0], dtype=np.float32))
+            self._tick(run, operator=True)
+
+    def _drive_expert(self, step: Step, run: StepRun, operator: bool) -> None:
+        expert = ScriptedExpert(self._expert_rng)
+        expert.reset(step)
+        for _ in range(REPAIR_MAX_TICKS):
+            self.world.step(expert.act(self.world))
+            self._tick(run, operator=operator)
+            if expert.finished:
+                break
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _tick(self, run: StepRun, operator: bool = False) -> None:
@@ -274,12 +304,18 @@ class SimTimeExecutor:
 
 
 class ScriptedOperator:
-    """Answers like ``hil.harness.SimulatedOperator``: verify → approve if the judge passes every covered step,
-    else take over the first failed one; low confidence / stalled → take over the step. Each answer costs
-    ``delay_s`` of operator time (simulated); take-overs also cost the ticks the expert drives."""
+    """Answers as a careful person at the console would, and as ``hil.harness.SimulatedOperator`` does for
+    refusals and stalls: take over the step. At a checkpoint it looks at the scene (the simulator's ground truth):
+    every block the plan has placed by now in its bin and nothing held → approve; otherwise take over and put
+    the scene right. (Judging the scene, not each step's own verdict: a failed step whose block a later step
+    moved again needs no fixing, and re-doing it would undo the later step.) Each answer costs ``delay_s`` of
+    operator time (simulated); take-overs also cost the ticks the expert drives."""
 
-    def __init__(self, executor: SimTimeExecutor, delay_s: float, max_answers: int = 40) -> None:
+    def __init__(
+        self, executor: SimTimeExecutor, plan: Sequence[dict[str, str]], delay_s: float, max_answers: int = 40
+    ) -> None:
         self.executor = executor
+        self.plan = plan  # plan[i]: the bins the chain wants after step i (only blocks that have a bin)
         self.delay_s = delay_s
         self.max_answers = max_answers
         self.touches: Counter[str] = Counter()
@@ -290,10 +326,14 @@ class ScriptedOperator:
         if sum(self.touches.values()) > self.max_answers:
             return self._decision(escalation, "abort", None)
         if escalation.kind == "verify":
-            failed = [s for s in escalation.steps if not self.executor.outcomes.get(s, (False, ""))[0]]
-            if not failed:
+            last = max(escalation.steps)
+            target = self.plan[last]
+            if not scene_mismatch(self.executor.world, target):
                 return self._decision(escalation, "approve", None)
-            return self._decision(escalation, "takeover", failed[0])
+            failed = [s for s in escalation.steps if not self.executor.outcomes.get(s, (False, ""))[0]]
+            chosen = failed[-1] if failed else last
+            self.executor.scene_targets[chosen] = target
+            return self._decision(escalation, "takeover", chosen)
         return self._decision(escalation, "takeover", escalation.step_index)
 
     def _decision(self, escalation: Escalation, action: str, step: int | None) -> Decision:
@@ -339,11 +379,23 @@ def chain_setup(seed: int, index: int, n_steps: int = N_STEPS) -> ChainSetup:
     return ChainSetup(index, world_seed, chain, (seed, index, 1), (seed, index, 2))
 
 
-def _intended_bins(world: TabletopWorld, chain: Sequence[Step]) -> dict[str, str | None]:
-    bins = world.block_bins()
+def plan_bins(world: TabletopWorld, chain: Sequence[Step]) -> list[dict[str, str]]:
+    """After each step, where the plan wants the blocks: those that have a bin by then (the others may be
+    anywhere on the table)."""
+    bins = {c: b for c, b in world.block_bins().items() if b is not None}
+    plan = []
     for step in chain:
         bins[step.colour] = step.bin
-    return bins
+        plan.append(dict(bins))
+    return plan
+
+
+def scene_mismatch(world: TabletopWorld, target: dict[str, str]) -> list[str]:
+    """What is wrong with the scene against ``target`` (empty when it matches and nothing is held)."""
+    now = world.block_bins()
+    wrong = [f"the {c} block is in {now[c] or 'no'} bin, not the {b} bin" for c, b in target.items() if now[c] != b]
+    held = world.held_block()
+    return wrong + ([f"the {held} block is still held"] if held is not None else [])
 
 
 @dataclass
@@ -404,10 +456,10 @@ def run_gated(
     operator_delay_s: float,
 ) -> GatedChain:
     world = TabletopWorld(setup.world_seed)
-    intended = _intended_bins(world, setup.chain)
+    plan = plan_bins(world, setup.chain)
     executor = SimTimeExecutor(world, policy, monitor, dataclasses.replace(settings, gate=True),
                                np.random.default_rng(setup.noise_seed), np.random.default_rng(setup.expert_seed))
-    operator = ScriptedOperator(executor, operator_delay_s)
+    operator = ScriptedOperator(executor, plan, operator_delay_s)
     task_settings = TaskSettings(checkpoint_every=CHECKPOINT_EVERY, verify_at_checkpoint=True, state_dir=state_dir,
                                  step_timeout_s=settings.max_ticks / CONTROL_RATE_HZ)
     steps = tuple(s.instruction for s in setup.chain)
@@ -415,14 +467,13 @@ def run_gated(
     runner = TaskRunner(spec, executor, AnsweredQueue(operator), CheckpointStore(state_dir), task_settings,
                         answer_timeout_s=1.0, events=executor.on_event)
     result = runner.run(threading.Event())
-    all_ok = all(executor.outcomes.get(i, (False, ""))[0] for i in range(len(setup.chain)))
-    final_ok = world.block_bins() == intended and world.held_block() is None
+    final_ok = not scene_mismatch(world, plan[-1])
     chunks = [c for run in executor.runs for c in run.chunks]
     policy_runs = [r for r in executor.runs if r.driver == "policy"]
     return GatedChain(
         index=setup.index,
         status=result.status,
-        success=result.status == "completed" and all_ok and final_ok,
+        success=result.status == "completed" and final_ok,
         final_state_ok=final_ok,
         touches=dict(operator.touches),
         decisions=dict(operator.actions),
