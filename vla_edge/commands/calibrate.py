@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         auroc={s: _finite(cal.auroc(v, everything.failed)) for s, v in everything.values.items()},
     )
     _print(report, Console())
+    if result.calibration.n_success < 20:
+        print(f"warning: only {result.calibration.n_success} successful steps were fitted; the thresholds are coarse "
+              "(each is one of very few values): roll out more chains")
     if args.write_bundle:
         path, signed = cal.write_thresholds_to_bundle(bundle.path, result.thresholds)
         print(f"thresholds written into {path}")

@@ -1,0 +1,58 @@
+"""`vla-edge calibrate` end to end on the reference bundle: real rollouts, thresholds the daemon then reads."""
+
+import json
+import shutil
+
+import pytest
+
+from vla_edge.bundle import load_bundle
+from vla_edge.cli import main
+from vla_edge.paths import REFERENCE_BUNDLE_DIR
+from vla_edge.service import load_thresholds
+
+
+@pytest.fixture()
+def bundle_copy(tmp_path):
+    """The reference bundle with its own manifest (graphs linked, not copied), plus a signature file."""
+    root = tmp_path / "bundle"
+    manifest = json.loads((REFERENCE_BUNDLE_DIR / "manifest.json").read_text())
+    for rel in manifest["files"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).symlink_to(REFERENCE_BUNDLE_DIR / rel)
+    shutil.copy(REFERENCE_BUNDLE_DIR / "manifest.json", root / "manifest.json")
+    (root / "signature.json").write_text("{}")
+    return root
+
+
+ARGS = ["--chains", "3", "--false-alarm-rate", "0.5", "--test-fraction", "0", "--samples", "4"]
+
+
+def test_write_bundle_puts_thresholds_in_the_manifest_and_asks_for_a_new_signature(bundle_copy, capsys):
+    assert main(["calibrate", "--bundle", str(bundle_copy), *ARGS, "--write-bundle"]) == 0
+    thresholds = load_bundle(bundle_copy).manifest.confidence_thresholds  # digests of the graphs still match
+    assert set(thresholds) == {"spread", "consistency", "ood"}
+    assert all(value >= 0 for value in thresholds.values())
+    out = capsys.readouterr().out
+    assert "sign it again" in out and "spread" in out
+
+
+def test_out_file_is_what_the_daemon_reads(bundle_copy, tmp_path):
+    path = tmp_path / "thresholds.json"
+    assert main(["calibrate", "--bundle", str(bundle_copy), *ARGS, "--out", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["v"] == 1 and report["rule"] == "false_alarm_rate" and report["chains"] == 3
+    assert load_thresholds(path) == report["thresholds"]
+    assert load_bundle(bundle_copy).manifest.confidence_thresholds is None  # --out leaves the bundle alone
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target-miss-rate", "1.5", "--out", "x.json"], "between 0 and 1"),
+        (["--chains", "1", "--out", "x.json"], "at least 2"),
+        (["--bundle", "/nonexistent/bundle", "--out", "x.json"], "bundle directory not found"),
+    ],
+)
+def test_bad_input_is_a_clear_error(extra, message, capsys):
+    assert main(["calibrate", *extra]) == 2
+    assert message in capsys.readouterr().err
