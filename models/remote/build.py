@@ -198,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-seconds", type=float)
     parser.add_argument("--eval-chains", type=int)
     parser.add_argument("--checkpoint", type=Path, help="skip training: export this checkpoint")
+    parser.add_argument("--threads", type=int, help="torch threads (default 2; 1 when sharing the cores)")
     args = parser.parse_args(argv)
     cfg = RemoteBuildConfig.quick(args.out, args.work) if args.quick else RemoteBuildConfig(args.out, args.work)
     overrides = {"iterations": args.iterations, "max_train_seconds": args.max_train_seconds,
-                 "eval_chains": args.eval_chains, "checkpoint": args.checkpoint}
+                 "eval_chains": args.eval_chains, "checkpoint": args.checkpoint, "threads": args.threads}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger().setLevel(logging.WARNING)
     return build(cfg, Console(stderr=True))
