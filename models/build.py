@@ -30,7 +30,7 @@ from models.reference import parity
 from models.reference.data import Demos, generate_demos, split_by_episode
 from models.reference.export import GRAPH_FILES, export_fp32, graph_specs
 from models.reference.net import count_parameters
-from models.reference.quantize import INT4_BLOCK_SIZE, QuantizationReport, quantize_variant
+from models.reference.quantize import INT4_BLOCK_SIZE, INT4_MIN_WIDTH, QuantizationReport, quantize_variant
 from models.reference.stats import embedding_stats, embeddings
 from models.reference.train import TrainConfig, TrainResult, load_checkpoint, save_checkpoint, train
 from vla_edge.bundle import (
@@ -98,7 +98,8 @@ def _quantization_text(precision: str, reports: list[QuantizationReport]) -> str
         )
     return (
         f"onnxruntime MatMulNBits: 4-bit symmetric weights, block {INT4_BLOCK_SIZE}, accuracy_level 4 (int8 compute); "
-        f"Conv layers, the word embedding and the keypoint MatMul stay fp32. {counts}"
+        "Conv layers, the word embedding, the keypoint MatMul and MatMuls narrower than "
+        f"{INT4_MIN_WIDTH} features (chunk in/out, state projection) stay fp32. {counts}"
     )
 
 

@@ -112,6 +112,32 @@ def chunk_index(episode_index: np.ndarray, step_index: np.ndarray, horizon: int)
     return np.minimum(index, last[:, None])
 
 
+def target_block_positions(demos: Demos) -> np.ndarray:
+    """(N, 2) where the step's named block is at each frame, recovered from the expert's grip commands.
+
+    The expert closes the gripper exactly over the block and opens it exactly over the drop point, so: before
+    the grasp the block is where the gripper closes; while carried it moves with the gripper; after the release
+    it stays where the gripper opened. Used as an auxiliary training target (teaches the encoder to find the
+    named block); never exported.
+    """
+    out = np.empty((len(demos), 2), dtype=np.float32)
+    key = demos.episode_index * 1_000_003 + demos.step_index
+    boundary = np.flatnonzero(np.diff(key) != 0) + 1
+    for start, end in zip(np.concatenate([[0], boundary]), np.concatenate([boundary, [len(demos)]]), strict=True):
+        closes = demos.actions[start:end, 2] > 0.5
+        xy = demos.states[start:end, :2]
+        if not closes.any():
+            out[start:end] = xy[-1]
+            continue
+        grasp = int(np.argmax(closes))
+        opened_after = np.flatnonzero(~closes[grasp:])
+        release = grasp + int(opened_after[0]) if opened_after.size else end - start - 1
+        out[start : start + grasp] = xy[grasp]
+        out[start + grasp : start + release] = xy[grasp:release]
+        out[start + release : end] = xy[release]
+    return out
+
+
 def split_by_episode(demos: Demos, held_out_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, held-out rows). Whole chains go to either side, so held-out observations come from layouts
     never trained on. Rows, not copies: the images of a few hundred chains take gigabytes."""

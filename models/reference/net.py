@@ -198,6 +198,28 @@ class ReferenceVLA(nn.Module):
         self.instruction_encoder = InstructionEncoder(cfg)
         self.observation_encoder = ObservationEncoder(cfg)
         self.denoiser = Denoiser(cfg)
+        # Training-only head: where the named block is, from the embedding (not exported).
+        self.block_head = nn.Linear(cfg.embedding_dim, 2)
+
+    def losses(
+        self,
+        tokens: torch.Tensor,
+        image: torch.Tensor,
+        state: torch.Tensor,
+        actions_norm: torch.Tensor,
+        block_xy_norm: torch.Tensor,
+        noise_per_obs: int,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flow-matching loss, auxiliary block-position loss); each observation gets ``noise_per_obs`` draws.
+
+        The auxiliary loss gives the encoder a direct gradient toward locating the named block, which the flow
+        loss alone teaches only slowly through the denoiser.
+        """
+        features = self.instruction_encoder(tokens)
+        context, embedding = self.observation_encoder(image, state, features)
+        block_loss = F.mse_loss(self.block_head(embedding), block_xy_norm)
+        return self._flow_loss(context, actions_norm, noise_per_obs, generator), block_loss
 
     def flow_matching_loss(
         self,
@@ -211,6 +233,11 @@ class ReferenceVLA(nn.Module):
         """Mean squared velocity error; each observation is paired with ``noise_per_obs`` (noise, t) draws."""
         features = self.instruction_encoder(tokens)
         context, _ = self.observation_encoder(image, state, features)
+        return self._flow_loss(context, actions_norm, noise_per_obs, generator)
+
+    def _flow_loss(
+        self, context: torch.Tensor, actions_norm: torch.Tensor, noise_per_obs: int, generator: torch.Generator | None
+    ) -> torch.Tensor:
         context = context.repeat_interleave(noise_per_obs, dim=0)
         target = actions_norm.repeat_interleave(noise_per_obs, dim=0)
         noise = torch.randn(target.shape, generator=generator)

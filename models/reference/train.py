@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.reference.data import Demos, chunk_index, split_by_episode
+from models.reference.data import Demos, chunk_index, split_by_episode, target_block_positions
 from models.reference.net import NetConfig, ReferenceVLA, count_parameters
 from vla_edge.tokenizer import WordTokenizer, build_vocabulary
 
@@ -29,7 +29,7 @@ ACTION_HIGH = [1.0, 1.0, 1.0, 1.0]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    iterations: int = 6000
+    iterations: int = 10000
     batch_size: int = 64
     noise_per_obs: int = 4  # (noise, t) draws per encoded observation: the denoiser is cheap, the CNN is not
     lr: float = 1e-3
@@ -43,6 +43,7 @@ class TrainConfig:
     max_seconds: float | None = None  # stop early when the time budget is spent
     held_out_fraction: float = 0.05
     log_every: int = 100
+    block_loss_weight: float = 2.0
 
 
 @dataclass
@@ -89,6 +90,7 @@ class _Batches:
         self.rows = rows
         self.tokens_table = torch.from_numpy(tokens_table)
         self.chunks = normalise_actions(demos.actions[chunk_index(demos.episode_index, demos.step_index, horizon)])
+        self.block_xy = 2.0 * target_block_positions(demos) - 1.0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -101,6 +103,7 @@ class _Batches:
             torch.from_numpy(d.images[index]),
             torch.from_numpy(d.states[index]),
             torch.from_numpy(self.chunks[index]),
+            torch.from_numpy(self.block_xy[index]),
         )
 
 
@@ -120,7 +123,7 @@ def held_out_loss(model: ReferenceVLA, batches: _Batches, noise_per_obs: int, se
     losses = []
     for start in range(0, n, 128):
         part = index[start : start + 128]
-        loss = model.flow_matching_loss(*batches.get(part), noise_per_obs=noise_per_obs, generator=generator)
+        loss = model.flow_matching_loss(*batches.get(part)[:4], noise_per_obs=noise_per_obs, generator=generator)
         losses.append(float(loss) * len(part))
     return sum(losses) / n
 
@@ -162,7 +165,10 @@ def train(
         for group in optimiser.param_groups:
             group["lr"] = _lr_at(step, cfg)
         index = rng.integers(0, len(train_rows), size=cfg.batch_size)
-        loss = model.flow_matching_loss(*train_batches.get(index), noise_per_obs=cfg.noise_per_obs, generator=generator)
+        flow_loss, block_loss = model.losses(
+            *train_batches.get(index), noise_per_obs=cfg.noise_per_obs, generator=generator
+        )
+        loss = flow_loss + cfg.block_loss_weight * block_loss
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -172,7 +178,7 @@ def train(
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                 p_ema.lerp_(p, 1.0 - decay)
-        running += float(loss.detach())
+        running += float(flow_loss.detach())
         if (step + 1) % cfg.log_every == 0:
             history.append((step + 1, running / cfg.log_every))
             if on_log is not None:
