@@ -502,6 +502,11 @@ def base_monitor(bundle: Bundle) -> ConfidenceMonitor:
     return monitor
 
 
+def fixed_thresholds() -> dict[str, float]:
+    """The gate's signals that calibration does not fit (limits, jerk): their defaults."""
+    return {s: DEFAULT_THRESHOLDS[s] for s in SIGNALS if s not in CALIBRATED_SIGNALS}
+
+
 def with_thresholds(monitor: ConfidenceMonitor, thresholds: dict[str, float]) -> ConfidenceMonitor:
     merged = dict(DEFAULT_THRESHOLDS)
     merged.update(thresholds)
@@ -680,7 +685,7 @@ def resolve_thresholds(
     started = time.perf_counter()
     _, scores = collect_step_scores(policy, monitor, args.calibration_chains, args.calibration_seed, settings)
     try:
-        calibration = calibrate_miss_rate(scores, args.target_miss_rate, CALIBRATED_SIGNALS)
+        calibration = calibrate_miss_rate(scores, args.target_miss_rate, CALIBRATED_SIGNALS, fixed_thresholds())
     except CalibrationError as exc:
         raise SystemExit(f"calibration failed: {exc}") from None
     info = {
@@ -783,6 +788,7 @@ def _per_chain(autonomous: Sequence[AutonomousChain], gated: Sequence[GatedChain
             "index": a.index,
             "autonomous_success": a.success,
             "autonomous_failed_steps": [s.step for s in a.steps if not s.success],
+            "autonomous_step_signal_max": [{k: round(v, 5) for k, v in s.signal_max().items()} for s in a.steps],
             "gated_success": g.success,
             "gated_status": g.status,
             "touches": g.touches,

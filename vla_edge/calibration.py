@@ -133,8 +133,14 @@ class Calibration:
     miss_bound: float | None  # (m/(m+1)) miss + 1/(m+1): the conformal risk-control bound at the chosen level
 
 
-def calibrate_false_alarm(scores: StepScores, level: float, signals: Sequence[str] = CALIBRATED_SIGNALS) -> Calibration:
-    """Rule 1 alone: each signal flags at most ``level`` of good steps."""
+def calibrate_false_alarm(
+    scores: StepScores,
+    level: float,
+    signals: Sequence[str] = CALIBRATED_SIGNALS,
+    fixed: Mapping[str, float] | None = None,
+) -> Calibration:
+    """Rule 1 alone: each calibrated signal flags at most ``level`` of good steps. ``fixed`` thresholds (limits,
+    jerk) are not fitted but are part of the gate, so the reported rates include their flags."""
     successes = scores.subset(~scores.failed)
     if successes.n_steps < 1:
         raise CalibrationError("no successful held-out step: the thresholds are fitted to successful steps")
@@ -145,13 +151,20 @@ def calibrate_false_alarm(scores: StepScores, level: float, signals: Sequence[st
             f"{successes.n_steps}; roll out more chains or raise the level"
         )
     thresholds = thresholds_at_level(successes, level, signals)
-    return Calibration(thresholds, level, "false_alarm_rate", level, rates(scores, thresholds), None)
+    gate = {**(fixed or {}), **thresholds}
+    return Calibration(thresholds, level, "false_alarm_rate", level, rates(scores, gate), None)
 
 
 def calibrate_miss_rate(
-    scores: StepScores, target_miss_rate: float, signals: Sequence[str] = CALIBRATED_SIGNALS
+    scores: StepScores,
+    target_miss_rate: float,
+    signals: Sequence[str] = CALIBRATED_SIGNALS,
+    fixed: Mapping[str, float] | None = None,
 ) -> Calibration:
-    """Rules 1 and 2: the smallest per-signal false-alarm level whose risk-control bound on misses <= target."""
+    """Rules 1 and 2: the smallest per-signal false-alarm level whose risk-control bound on misses <= target.
+
+    ``fixed`` thresholds (limits, jerk) are part of the gate: a failure they flag is not a miss, and their false
+    alarms are counted in the reported rates."""
     if not 0.0 < target_miss_rate < 1.0:
         raise CalibrationError(f"the target miss rate must be in (0, 1), got {target_miss_rate}")
     successes, failures = scores.subset(~scores.failed), scores.subset(scores.failed)
@@ -168,11 +181,12 @@ def calibrate_miss_rate(
     usable = LEVEL_GRID[LEVEL_GRID >= 1.0 / (successes.n_steps + 1)]
     for level in usable:
         thresholds = thresholds_at_level(successes, float(level), signals)
-        miss = float((~flagged(failures, thresholds)).mean())
+        gate = {**(fixed or {}), **thresholds}
+        miss = float((~flagged(failures, gate)).mean())
         bound = (m / (m + 1)) * miss + 1.0 / (m + 1)
         if bound <= target_miss_rate:
             return Calibration(
-                thresholds, float(level), "target_miss_rate", target_miss_rate, rates(scores, thresholds), bound
+                thresholds, float(level), "target_miss_rate", target_miss_rate, rates(scores, gate), bound
             )
     raise CalibrationError(
         f"no threshold level up to a {LEVEL_GRID[-1]:.0%} false-alarm rate per signal misses fewer than "

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vla_edge.calibration import (
+    LEVEL_GRID,
     CalibrationError,
     StepScores,
     auroc,
@@ -123,3 +124,17 @@ def test_thresholds_written_into_a_manifest_reach_the_daemons_monitor(tmp_path):
     assert monitor.embedding_stats.precision is not None
     with pytest.raises(CalibrationError, match="infinite"):
         write_thresholds_to_bundle(tmp_path, {"spread": float("inf")})
+
+
+def test_fixed_signals_count_as_part_of_the_gate():
+    rng = np.random.default_rng(5)
+    scores = _synthetic(rng, 300, 60, shift=0.0)  # the calibrated signals cannot tell failures apart...
+    jerk = np.concatenate([rng.uniform(0.2, 0.9, 300), rng.uniform(1.2, 2.0, 60)])  # ...but jerk flags them all
+    scores = StepScores({**scores.values, "jerk": jerk}, scores.failed)
+    with pytest.raises(CalibrationError):
+        calibrate_miss_rate(scores, 0.05)
+    result = calibrate_miss_rate(scores, 0.05, fixed={"jerk": 1.05})
+    assert "jerk" not in result.thresholds  # not fitted, only counted
+    assert result.calibration.miss == 0.0
+    assert result.level == LEVEL_GRID[LEVEL_GRID >= 1.0 / 301].min()  # the least alarming level offered
+    assert result.calibration.false_alarm < 0.02

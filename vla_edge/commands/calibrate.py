@@ -61,7 +61,15 @@ def run(args: argparse.Namespace) -> int:
     target = args.target_miss_rate if args.target_miss_rate is not None else 0.1
 
     # The rollouts need the simulated world; imported here so other commands never load it.
-    from bench.chain_benchmark import LoopSettings, base_monitor, chain_setup, open_policy, run_autonomous, step_scores
+    from bench.chain_benchmark import (
+        LoopSettings,
+        base_monitor,
+        chain_setup,
+        fixed_thresholds,
+        open_policy,
+        run_autonomous,
+        step_scores,
+    )
 
     console = Console(stderr=True)
     bundle, policy = open_policy(args.bundle, args.precision)
@@ -78,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
     fit = step_scores(chains[: args.chains - n_test])
     test = step_scores(chains[args.chains - n_test :]) if n_test else None
     if args.false_alarm_rate is not None:
-        result = cal.calibrate_false_alarm(fit, args.false_alarm_rate)
+        result = cal.calibrate_false_alarm(fit, args.false_alarm_rate, fixed=fixed_thresholds())
     else:
-        result = cal.calibrate_miss_rate(fit, target)
+        result = cal.calibrate_miss_rate(fit, target, fixed=fixed_thresholds())
+    gate = {**fixed_thresholds(), **result.thresholds}
     everything = step_scores(chains)
     report = cal.CalibrationReport(
         thresholds=result.thresholds,
@@ -94,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         chains=args.chains,
         seed=args.seed,
         calibration=cal.RatesModel.of(result.calibration),
-        test=cal.RatesModel.of(cal.rates(test, result.thresholds)) if test is not None and test.n_steps else None,
+        test=cal.RatesModel.of(cal.rates(test, gate)) if test is not None and test.n_steps else None,
         auroc={s: _finite(cal.auroc(v, everything.failed)) for s, v in everything.values.items()},
     )
     _print(report, Console())
