@@ -502,9 +502,14 @@ def base_monitor(bundle: Bundle) -> ConfidenceMonitor:
     return monitor
 
 
-def fixed_thresholds() -> dict[str, float]:
-    """The gate's signals that calibration does not fit (limits, jerk): their defaults."""
-    return {s: DEFAULT_THRESHOLDS[s] for s in SIGNALS if s not in CALIBRATED_SIGNALS}
+def calibrated_signals(include_jerk: bool) -> tuple[str, ...]:
+    return (*CALIBRATED_SIGNALS, "jerk") if include_jerk else CALIBRATED_SIGNALS
+
+
+def fixed_thresholds(include_jerk: bool = False) -> dict[str, float]:
+    """The gate's signals that calibration does not fit (limits; jerk unless asked): their defaults."""
+    fitted = calibrated_signals(include_jerk)
+    return {s: DEFAULT_THRESHOLDS[s] for s in SIGNALS if s not in fitted}
 
 
 def with_thresholds(monitor: ConfidenceMonitor, thresholds: dict[str, float]) -> ConfidenceMonitor:
@@ -685,7 +690,8 @@ def resolve_thresholds(
     started = time.perf_counter()
     _, scores = collect_step_scores(policy, monitor, args.calibration_chains, args.calibration_seed, settings)
     try:
-        calibration = calibrate_miss_rate(scores, args.target_miss_rate, CALIBRATED_SIGNALS, fixed_thresholds())
+        calibration = calibrate_miss_rate(scores, args.target_miss_rate, calibrated_signals(args.calibrate_jerk),
+                                          fixed_thresholds(args.calibrate_jerk))
     except CalibrationError as exc:
         raise SystemExit(f"calibration failed: {exc}") from None
     info = {
@@ -693,6 +699,7 @@ def resolve_thresholds(
         "chains": args.calibration_chains,
         "seed": args.calibration_seed,
         "target_miss_rate": args.target_miss_rate,
+        "signals": list(calibrated_signals(args.calibrate_jerk)),
         "level": calibration.level,
         "miss_bound": calibration.miss_bound,
         "calibration_false_alarm": calibration.calibration.false_alarm,
@@ -719,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-chains", type=int, default=100)
     parser.add_argument("--calibration-seed", type=int, default=CALIBRATION_SEED)
     parser.add_argument("--target-miss-rate", type=float, default=0.1)
+    parser.add_argument("--calibrate-jerk", action="store_true",
+                        help="fit the jerk threshold too (never below 1.05) instead of keeping the action space's")
     parser.add_argument("--out", type=Path, default=Path("bench/results/chain"))
     parser.add_argument("--quick", action="store_true", help="5 chains, default thresholds unless given (CI smoke)")
     args = parser.parse_args(argv)

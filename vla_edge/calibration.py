@@ -36,7 +36,8 @@ from vla_edge.bundle import MANIFEST_FILE, SIGNATURE_FILE, read_manifest, write_
 from vla_edge.errors import VlaEdgeError
 
 CALIBRATED_SIGNALS: tuple[str, ...] = ("spread", "consistency", "ood")
-"""Set from data. ``limits`` stays 0 (any excursion fails) and ``jerk`` comes from the action space's max_delta."""
+"""Set from data. ``limits`` stays 0 (any excursion fails) and ``jerk`` comes from the action space's max_delta,
+unless the caller also fits ``jerk`` (never below ``FLOORS``)."""
 
 LEVEL_GRID = np.concatenate([np.geomspace(1e-3, 0.05, 40), np.linspace(0.05, 0.5, 46)[1:]])
 """Candidate per-signal false-alarm levels, fine at the small end where useful thresholds live."""
@@ -119,8 +120,13 @@ def rates(scores: StepScores, thresholds: Mapping[str, float]) -> Rates:
     )
 
 
+FLOORS: dict[str, float] = {"jerk": 1.05}
+"""A fitted threshold never goes below these: a jerk threshold under the action space's own speed limit (plus a
+5 % margin) would refuse chunks that are physically fine."""
+
+
 def thresholds_at_level(successes: StepScores, level: float, signals: Sequence[str]) -> dict[str, float]:
-    return {s: conformal_threshold(successes.values[s], level) for s in signals}
+    return {s: max(conformal_threshold(successes.values[s], level), FLOORS.get(s, -math.inf)) for s in signals}
 
 
 @dataclass(frozen=True)

@@ -138,3 +138,10 @@ def test_fixed_signals_count_as_part_of_the_gate():
     assert result.calibration.miss == 0.0
     assert result.level == LEVEL_GRID[LEVEL_GRID >= 1.0 / 301].min()  # the least alarming level offered
     assert result.calibration.false_alarm < 0.02
+
+
+def test_a_fitted_jerk_threshold_never_goes_below_the_speed_limit():
+    rng = np.random.default_rng(6)
+    scores = StepScores({"jerk": rng.uniform(0.2, 0.9, 200)}, np.zeros(200, bool))  # a very smooth policy
+    result = calibrate_false_alarm(scores, 0.05, signals=("jerk",))
+    assert result.thresholds["jerk"] == 1.05

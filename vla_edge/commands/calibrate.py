@@ -37,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--precision", choices=["fp32", "int8", "int4"], default="int8")
     parser.add_argument("--samples", type=int, default=8, help="K noise samples per chunk, as the daemon uses")
     parser.add_argument("--seed", type=int, default=1000, help="seed root of the held-out chains (benchmark: 0)")
+    parser.add_argument("--calibrate-jerk", action="store_true",
+                        help="fit the jerk threshold too (never below 1.05) instead of the action space's 1.05")
     parser.add_argument("--test-fraction", type=float, default=0.3,
                         help="share of the chains kept out of fitting, to measure the rates (default 0.3)")
     parser.set_defaults(func=run)
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         LoopSettings,
         base_monitor,
         chain_setup,
+        calibrated_signals,
         fixed_thresholds,
         open_policy,
         run_autonomous,
@@ -85,11 +88,12 @@ def run(args: argparse.Namespace) -> int:
     n_test = min(args.chains - 1, math.ceil(args.test_fraction * args.chains)) if args.test_fraction > 0 else 0
     fit = step_scores(chains[: args.chains - n_test])
     test = step_scores(chains[args.chains - n_test :]) if n_test else None
+    signals, fixed = calibrated_signals(args.calibrate_jerk), fixed_thresholds(args.calibrate_jerk)
     if args.false_alarm_rate is not None:
-        result = cal.calibrate_false_alarm(fit, args.false_alarm_rate, fixed=fixed_thresholds())
+        result = cal.calibrate_false_alarm(fit, args.false_alarm_rate, signals, fixed)
     else:
-        result = cal.calibrate_miss_rate(fit, target, fixed=fixed_thresholds())
-    gate = {**fixed_thresholds(), **result.thresholds}
+        result = cal.calibrate_miss_rate(fit, target, signals, fixed)
+    gate = {**fixed, **result.thresholds}
     everything = step_scores(chains)
     report = cal.CalibrationReport(
         thresholds=result.thresholds,
