@@ -42,7 +42,7 @@ import numpy as np
 
 from hil.expert import ScriptedExpert
 from hil.tasks import Step, explain_step, make_chain, parse_instruction
-from hil.world import CONTROL_RATE_HZ, TabletopWorld
+from hil.world import BIN_RECTS, CONTROL_RATE_HZ, TabletopWorld
 from vla_edge.bundle import Bundle, load_bundle
 from vla_edge.calibration import (
     CALIBRATED_SIGNALS,
@@ -65,6 +65,7 @@ DONE_INDEX = 3
 N_STEPS = 10
 CHECKPOINT_EVERY = 4
 REPAIR_MAX_TICKS = 150
+HAND_PLACEMENT_S = 15.0  # operator time charged when the gripper cannot reach a block and a person places it
 BENCH_SEED = 0
 CALIBRATION_SEED = 1000  # held-out chains: a different seed root, so no layout/chain of the benchmark is reused
 
@@ -141,6 +142,7 @@ class SimTimeExecutor:
         self.bins_before: dict[int, dict[str, str | None]] = {}
         self.robot_ticks = 0
         self.operator_ticks = 0
+        self.hand_placements = 0  # blocks the expert could not move (e.g. pushed off the table), placed by hand
         self.low_confidence_actuations = 0  # actions from a chunk that neither passed nor was approved (must be 0)
         self.holds: Counter[str] = Counter()
         # Set by the operator before a verification take-over: the bins the chain's plan wants at the checkpoint.
@@ -238,6 +240,7 @@ class SimTimeExecutor:
         knocked = [Step(c, b) for c, b in before.items() if c != step.colour and b is not None and now[c] != b]
         for part in [*knocked, step]:
             self._drive_expert(part, run, operator=driver == "operator")
+            self._place_by_hand_if_needed(part)
         judgement = explain_step(self.world, step, before)
         run.success, run.reason = judgement.success, judgement.reason
         self.outcomes[step_index] = (judgement.success, judgement.reason)
@@ -252,11 +255,22 @@ class SimTimeExecutor:
         for colour, wanted in target.items():
             if self.world.block_bins()[colour] != wanted:
                 self._drive_expert(Step(colour, wanted), run, operator=True)
+                self._place_by_hand_if_needed(Step(colour, wanted))
         misplaced = scene_mismatch(self.world, target)
         run.success, run.reason = not misplaced, "; ".join(misplaced)
         self.outcomes[step_index] = (run.success, run.reason)
         self.resolved_by[step_index] = "operator"
         return run
+
+    def _place_by_hand_if_needed(self, step: Step) -> None:
+        """When the gripper could not do it (a block pushed off the reachable table), a person puts the block in
+        its bin: counted, and charged ``HAND_PLACEMENT_S`` of operator time."""
+        if self.world.block_bins()[step.colour] == step.bin:
+            return
+        rect = BIN_RECTS[step.bin]
+        centre = (0.5 * (rect.x0 + rect.x1), 0.5 * (rect.y0 + rect.y1))
+        self.world.arrange({step.colour: centre}, gripper=tuple(self.world.gripper_position()))
+        self.hand_placements += 1
 
     def _release_if_holding(self, run: StepRun) -> None:
         if self.world.held_block() is not None:
@@ -343,7 +357,9 @@ class ScriptedOperator:
 
     @property
     def operator_seconds(self) -> float:
-        return sum(self.touches.values()) * self.delay_s + self.executor.operator_ticks / CONTROL_RATE_HZ
+        executor = self.executor
+        return (sum(self.touches.values()) * self.delay_s + executor.operator_ticks / CONTROL_RATE_HZ
+                + executor.hand_placements * HAND_PLACEMENT_S)
 
 
 class AnsweredQueue(EscalationQueue):
@@ -444,6 +460,7 @@ class GatedChain:
     policy_attempts: int
     gate_misses: int  # policy attempts that said done but failed the judge (only a checkpoint can catch them)
     steps_by_policy: int  # steps whose final, successful completion was the policy's own
+    hand_placements: int
     runs: list[StepRun]
 
 
@@ -484,6 +501,7 @@ def run_gated(
         chunks_flagged=sum(1 for c in chunks if not c.passed),
         policy_attempts=len(policy_runs),
         gate_misses=sum(1 for r in policy_runs if r.outcome == "done" and not r.success),
+        hand_placements=executor.hand_placements,
         steps_by_policy=sum(1 for i, who in executor.resolved_by.items()
                             if who == "policy" and executor.outcomes.get(i, (False, ""))[0]),
         runs=executor.runs,
@@ -579,6 +597,7 @@ def summarise(
             "chunks_actuated": sum(c.chunks_actuated for c in gated),
             "chunks_flagged": sum(c.chunks_flagged for c in gated),
             "gate_misses_caught_at_checkpoints": sum(c.gate_misses for c in gated),
+            "hand_placements": sum(c.hand_placements for c in gated),
             "policy_attempts": sum(c.policy_attempts for c in gated),
         },
         "gate_on_autonomous_steps": {
@@ -620,6 +639,7 @@ def print_table(summary: dict[str, Any], console: Any) -> None:
     table.add_row("low-confidence chunks actuated", "—", str(g["low_confidence_chunks_actuated"]))
     table.add_row("failed steps missed by the gate (caught at checkpoints)", "",
                   str(g["gate_misses_caught_at_checkpoints"]))
+    table.add_row("blocks placed by hand (gripper could not reach)", "", str(g["hand_placements"]))
     table.add_row("gate miss rate on autonomous steps", _pct(gate["miss_rate"]), "")
     table.add_row("gate false-alarm rate on autonomous steps", _pct(gate["false_alarm_rate"]), "")
     for signal, value in summary["auroc"].items():

@@ -122,3 +122,15 @@ def test_quick_benchmark_writes_table_json_and_png(tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert len(json.loads((out / "chains.json").read_text())) == 2
     assert "chain success" in capsys.readouterr().out
+
+
+def test_a_block_off_the_reachable_table_is_placed_by_hand_and_counted(opened):
+    _, policy, monitor = opened
+    world = TabletopWorld(0)
+    snapshot = world.snapshot()
+    snapshot["blocks"]["green"]["position"] = [-0.07, 0.47]  # where a policy once pushed it: out of the gripper's reach
+    world.restore(snapshot)
+    executor = SimTimeExecutor(world, policy, monitor, SETTINGS, np.random.default_rng(0), np.random.default_rng(1))
+    run = executor.repair_scene(3, {"green": "left"})
+    assert run.success and world.block_bins()["green"] == "left"
+    assert executor.hand_placements == 1 and run.ticks >= 1
