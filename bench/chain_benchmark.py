@@ -647,6 +647,31 @@ def print_table(summary: dict[str, Any], console: Any) -> None:
     console.print(table)
 
 
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The headline figures as a Markdown table (written next to the JSON, pasted into docs/confidence.md)."""
+    a, g, gate = summary["autonomous"], summary["gated"], summary["gate_on_autonomous_steps"]
+    by_kind = ", ".join(f"{k} {v:.2f}" for k, v in g["touches_per_chain_by_kind"].items())
+    rows = [
+        ("chain success", f"{a['chain_success']:.1%}", f"**{g['chain_success']:.1%}**"),
+        ("steps done by the policy alone (judged success)", f"{a['step_success']:.1%}",
+         f"{g['steps_finished_by_policy']:.1%}"),
+        ("operator touches per chain", "0", f"**{g['touches_per_chain']:.2f}** ({by_kind})"),
+        ("operator time per chain (simulated s)", "0", f"{g['operator_seconds_per_chain']:.1f}"),
+        ("low-confidence chunks actuated", "—", f"**{g['low_confidence_chunks_actuated']}**"
+         f" (of {g['chunks_actuated']} chunks actuated)"),
+        ("failed steps the gate let through (caught at checkpoints)", "—",
+         str(g["gate_misses_caught_at_checkpoints"])),
+        ("blocks placed by hand", "—", str(g["hand_placements"])),
+        ("gate miss rate / false-alarm rate (autonomous steps)",
+         f"{_pct(gate['miss_rate'])} / {_pct(gate['false_alarm_rate'])}", ""),
+    ]
+    rows += [(f"AUROC `{name}` for step failure", "n/a" if v is None else f"{v:.3f}", "")
+             for name, v in summary["auroc"].items()]
+    lines = ["| figure | autonomous | gated |", "|---|---|---|"]
+    lines += [f"| {f} | {x} | {y} |" for f, x, y in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
@@ -800,6 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     chains_path.write_text(json.dumps(_per_chain(autonomous, gated), indent=1) + "\n", encoding="utf-8")
     png = save_plot(summary, args.out / "chain_benchmark.png")
+    (args.out / "chain_benchmark.md").write_text(markdown_table(summary), encoding="utf-8")
     console.print(f"wrote {json_path}, {chains_path} and {png}")
     return 0
 

@@ -121,6 +121,7 @@ def test_quick_benchmark_writes_table_json_and_png(tmp_path, capsys):
     png = (out / "chain_benchmark.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert len(json.loads((out / "chains.json").read_text())) == 2
+    assert "| chain success |" in (out / "chain_benchmark.md").read_text()
     assert "chain success" in capsys.readouterr().out
 
 
