@@ -152,6 +152,7 @@ class Daemon:
         self.console: OperatorConsole | None = None
         self.metrics_server: MetricsServer | None = None
         self._watchdog: WatchdogGate | None = None
+        self._remote_status = "enabled" if settings.remote.enabled else "not configured"
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -168,7 +169,7 @@ class Daemon:
         self.policy = PolicyRunner(self.bundle, s.policy.precision, s.policy.providers, s.policy.intra_op_threads,
                                    s.policy.seed)
         monitor = build_monitor(self.bundle, s)
-        router = build_router(s, manifest, monitor, self.metrics.metrics, self.console_model.set_remote_status)
+        router = build_router(s, manifest, monitor, self.metrics.metrics, self._on_remote_status)
         if router is not None:
             self._stack.callback(router.close)
 
@@ -230,6 +231,10 @@ class Daemon:
         self._stack.callback(self.executor.close)
         log.info("vla-edge up: bundle %s %s (%s) on %s", manifest.name, manifest.version, s.policy.precision,
                  ", ".join(self.policy.providers_in_use))
+
+    def _on_remote_status(self, text: str) -> None:
+        self._remote_status = text
+        self.console_model.set_remote_status(text)
 
     def _alive(self) -> None:
         """The control thread is responsive (e.g. holding while it waits for the operator)."""
@@ -297,6 +302,7 @@ class Daemon:
             "camera": str(camera_status.status.value) if camera_status else "unknown",
             "controller_alive": bool(self.stream and self.stream.controller_alive()),
             "escalations_open": len(self.escalations.open()),
+            "remote_tier": self._remote_status,
         }
         self.console_model.set_camera_status(state["camera"])
         return state
