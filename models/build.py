@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from models.reference import parity
-from models.reference.data import Demos, generate_demos, split_by_episode
+from models.reference.data import Demos, concatenate, generate_demos, generate_recovery_demos, split_by_episode
 from models.reference.export import GRAPH_FILES, export_fp32, graph_specs
 from models.reference.net import count_parameters
 from models.reference.quantize import INT4_BLOCK_SIZE, INT4_MIN_WIDTH, QuantizationReport, quantize_variant
@@ -56,9 +56,11 @@ class BuildConfig:
     out: Path
     work: Path
     chains: int = 300
-    iterations: int = 8000
+    recovery_chains: int = 100  # extra chains with perturbations executed (see data.generate_recovery_demos)
+    recovery_perturb: float = 0.1
+    iterations: int = 10000
     batch_size: int = 64
-    max_train_seconds: float | None = 1200.0
+    max_train_seconds: float | None = 2400.0
     seed: int = 0
     eval_chains: int = 30
     eval_steps: int = 10
@@ -75,6 +77,7 @@ class BuildConfig:
             out=out,
             work=work,
             chains=4,
+            recovery_chains=1,
             iterations=30,
             batch_size=16,
             max_train_seconds=None,
@@ -97,7 +100,7 @@ def _quantization_text(precision: str, reports: list[QuantizationReport]) -> str
             f"time; Conv layers and the keypoint MatMul stay fp32. {counts}"
         )
     return (
-        f"onnxruntime MatMulNBits: 4-bit symmetric weights, block {INT4_BLOCK_SIZE}, accuracy_level 4 (int8 compute); "
+        f"onnxruntime MatMulNBits: 4-bit asymmetric weights, block {INT4_BLOCK_SIZE}, accuracy_level 4 (int8 compute); "
         "Conv layers, the word embedding, the keypoint MatMul and MatMuls narrower than "
         f"{INT4_MIN_WIDTH} features (chunk in/out, state projection) stay fp32. {counts}"
     )
@@ -199,10 +202,19 @@ def build(cfg: BuildConfig, console: Console) -> int:
         shutil.rmtree(staging)
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"demos ({cfg.chains} chains)", total=1)
+        task = progress.add_task(f"demos ({cfg.chains}+{cfg.recovery_chains} chains)", total=2)
         demos = generate_demos(cfg.chains, cfg.seed, cfg.work / f"demos-{cfg.chains}-s{cfg.seed}.npz")
         progress.update(task, completed=1)
-        console.log(f"demos: {len(demos)} frames from {demos.num_episodes} chains")
+        recovery = generate_recovery_demos(
+            cfg.recovery_chains,
+            cfg.seed,
+            cfg.recovery_perturb,
+            cfg.work / f"recovery-{cfg.recovery_chains}-p{cfg.recovery_perturb:g}-s{cfg.seed}.npz",
+        )
+        demos = concatenate(demos, recovery)
+        del recovery
+        progress.update(task, completed=2)
+        console.log(f"demos: {len(demos)} frames from {demos.num_episodes} chains (with recovery demos)")
 
         task = progress.add_task("train", total=cfg.iterations)
         if cfg.checkpoint is not None:
@@ -325,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REFERENCE_BUNDLE_DIR, help="bundle directory to (re)write")
     parser.add_argument("--work", type=Path, default=MODELS_DIR / "work", help="demos, checkpoint, staging")
     parser.add_argument("--quick", action="store_true", help="tiny smoke build; the parity gate is not enforced")
-    parser.add_argument("--chains", type=int, help="demo chains (default 300)")
-    parser.add_argument("--iterations", type=int, help="training iterations (default 8000)")
+    parser.add_argument("--chains", type=int, help="expert demo chains (default 300)")
+    parser.add_argument("--recovery-chains", type=int, help="demo chains with perturbations (default 100)")
+    parser.add_argument("--iterations", type=int, help="training iterations (default 10000)")
     parser.add_argument("--max-train-seconds", type=float, help="stop training when this budget is spent")
     parser.add_argument("--eval-chains", type=int, help="closed-loop chains per variant (default 30, 10 steps each)")
     parser.add_argument("--checkpoint", type=Path, help="skip training: export this checkpoint (from train.py)")
@@ -335,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BuildConfig.quick(args.out, args.work) if args.quick else BuildConfig(out=args.out, work=args.work)
     overrides = {
         "chains": args.chains,
+        "recovery_chains": args.recovery_chains,
         "iterations": args.iterations,
         "max_train_seconds": args.max_train_seconds,
         "eval_chains": args.eval_chains,

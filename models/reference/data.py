@@ -97,6 +97,235 @@ def generate_demos(n_chains: int, seed: int, cache: Path | None = None) -> Demos
     return demos
 
 
+def generate_recovery_demos(
+    n_chains: int, seed: int, perturb: float = 0.1, cache: Path | None = None, episode_offset: int = 100_000
+) -> Demos:
+    """Expert demos with perturbations executed now and then (DART-style): the world sees a premature grip
+    close, an early release or a position error, and every recorded label is still the expert's own action
+    for the state it is in. So the policy also learns to recover: to reopen a gripper that closed on nothing,
+    to re-grasp a dropped block, to correct a missed target; states plain demos never show.
+    """
+    if cache is not None and cache.exists():
+        return Demos.load(cache)
+    from hil.expert import ScriptedExpert
+    from hil.tasks import explain_step, make_chain
+    from hil.world import TabletopWorld
+
+    images: list[np.ndarray] = []
+    states: list[np.ndarray] = []
+    actions: list[np.ndarray] = []
+    rows: list[tuple[int, int, int]] = []
+    instruction_ids: dict[str, int] = {}
+    for chain in range(n_chains):
+        rng = np.random.default_rng([seed, chain, 7])
+        world = TabletopWorld(int(rng.integers(2**31)))
+        expert = ScriptedExpert(rng)
+        for step_number, step in enumerate(make_chain(rng, world, 10)):
+            bins_before = world.block_bins()
+            expert.reset(step)
+            step_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+            while not expert.finished and len(step_rows) < 150:
+                image, state = world.render(), world.state()
+                label = expert.act(world)
+                step_rows.append((image, state, label))
+                executed = label.copy()
+                if rng.random() < perturb and label[3] < 0.5:
+                    kind = rng.integers(3)
+                    here = world.gripper_position()
+                    if kind == 0 and world.held_block() is None:  # close early, wherever the gripper is
+                        executed[:2] = here + rng.normal(0.0, 0.03, size=2)
+                        executed[2] = 1.0
+                    elif kind == 1 and world.held_block() is not None:  # let go early
+                        executed[:2] = here
+                        executed[2] = 0.0
+                    else:  # miss the target
+                        executed[:2] = label[:2] + rng.normal(0.0, 0.05, size=2)
+                    executed[:2] = np.clip(executed[:2], 0.0, 1.0)
+                world.step(executed)
+            if not (expert.finished and explain_step(world, step, bins_before).success):
+                continue  # an unrecovered step teaches nothing good
+            instruction = instruction_ids.setdefault(step.instruction, len(instruction_ids))
+            for frame, (image, state, label) in enumerate(step_rows):
+                images.append(image)
+                states.append(state)
+                actions.append(label)
+                rows.append((instruction, episode_offset + chain, step_number))
+                del frame
+    index = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+    demos = Demos(
+        images=np.stack(images),
+        states=np.stack(states).astype(np.float32),
+        actions=np.stack(actions).astype(np.float32),
+        instructions=tuple(instruction_ids),
+        instruction_index=index[:, 0].copy(),
+        episode_index=index[:, 1].copy(),
+        step_index=index[:, 2].copy(),
+    )
+    if cache is not None:
+        demos.save(cache)
+    return demos
+
+
+def concatenate(first: Demos, second: Demos) -> Demos:
+    """One demo set from two, with instruction indices remapped onto one instruction list."""
+    instructions = list(first.instructions)
+    for text in second.instructions:
+        if text not in instructions:
+            instructions.append(text)
+    remap = np.asarray([instructions.index(text) for text in second.instructions], dtype=np.int64)
+    return Demos(
+        images=np.concatenate([first.images, second.images]),
+        states=np.concatenate([first.states, second.states]),
+        actions=np.concatenate([first.actions, second.actions]),
+        instructions=tuple(instructions),
+        instruction_index=np.concatenate([first.instruction_index, remap[second.instruction_index]]),
+        episode_index=np.concatenate([first.episode_index, second.episode_index]),
+        step_index=np.concatenate([first.step_index, second.step_index]),
+    )
+
+
+def chunk_index(episode_index: np.ndarray, step_index: np.ndarray, horizon: int) -> np.ndarray:
+    """(N, H) frame indices of each frame's next H actions within the same step, padded with the step's last.
+
+    Frames of one step must be contiguous and in time order (as demos are written).
+    """
+    n = episode_index.shape[0]
+    index = np.arange(n)[:, None] + np.arange(horizon)[None, :]
+    key = episode_index * 1_000_003 + step_index
+    boundary = np.flatnonzero(np.diff(key) != 0) + 1
+    starts = np.concatenate([[0], boundary])
+    ends = np.concatenate([boundary, [n]])  # exclusive
+    last = np.repeat(ends - 1, ends - starts)
+    return np.minimum(index, last[:, None])
+
+
+def target_block_positions(demos: Demos) -> np.ndarray:
+    """(N, 2) where the step's named block is at each frame, recovered from the expert's grip labels.
+
+    The expert closes the gripper exactly over the block and opens it exactly over where the block is left, so:
+    while the label says closed, the block moves with the gripper; while it says open, the block waits where
+    the next grasp will happen, or (with no grasp left in the step) where the last release left it. Used as an
+    auxiliary training target (teaches the encoder to find the named block); never exported.
+    """
+    out = np.empty((len(demos), 2), dtype=np.float32)
+    key = demos.episode_index * 1_000_003 + demos.step_index
+    boundary = np.flatnonzero(np.diff(key) != 0) + 1
+    for start, end in zip(np.concatenate([[0], boundary]), np.concatenate([boundary, [len(demos)]]), strict=True):
+        closed = demos.actions[start:end, 2] > 0.5
+        xy = demos.states[start:end, :2]
+        n = end - start
+        # index of the next closed frame at or after t (n if none), and of the last closed frame before t (-1)
+        next_closed = np.full(n, n)
+        upcoming = n
+        for t in range(n - 1, -1, -1):
+            if closed[t]:
+                upcoming = t
+            next_closed[t] = upcoming
+        previous_release = np.full(n, -1)
+        released = -1
+        for t in range(n):
+            if t > 0 and closed[t - 1] and not closed[t]:
+                released = t
+            previous_release[t] = released
+        for t in range(n):
+            if closed[t]:
+                out[start + t] = xy[t]
+            elif next_closed[t] < n:
+                out[start + t] = xy[next_closed[t]]
+            elif previous_release[t] >= 0:
+                out[start + t] = xy[previous_release[t]]
+            else:
+                out[start + t] = xy[-1]
+    return out
+
+
+def generate_recovery_demos(
+    n_chains: int, seed: int, perturb: float = 0.1, cache: Path | None = None, episode_offset: int = 100_000
+) -> Demos:
+    """Expert demos with perturbations executed now and then (DART-style): the world sees a premature grip
+    close, an early release or a position error, and every recorded label is still the expert's own action
+    for the state it is in. So the policy also learns to recover: to reopen a gripper that closed on nothing,
+    to re-grasp a dropped block, to correct a missed target; states plain demos never show.
+    """
+    if cache is not None and cache.exists():
+        return Demos.load(cache)
+    from hil.expert import ScriptedExpert
+    from hil.tasks import explain_step, make_chain
+    from hil.world import TabletopWorld
+
+    images: list[np.ndarray] = []
+    states: list[np.ndarray] = []
+    actions: list[np.ndarray] = []
+    rows: list[tuple[int, int, int]] = []
+    instruction_ids: dict[str, int] = {}
+    for chain in range(n_chains):
+        rng = np.random.default_rng([seed, chain, 7])
+        world = TabletopWorld(int(rng.integers(2**31)))
+        expert = ScriptedExpert(rng)
+        for step_number, step in enumerate(make_chain(rng, world, 10)):
+            bins_before = world.block_bins()
+            expert.reset(step)
+            step_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+            while not expert.finished and len(step_rows) < 150:
+                image, state = world.render(), world.state()
+                label = expert.act(world)
+                step_rows.append((image, state, label))
+                executed = label.copy()
+                if rng.random() < perturb and label[3] < 0.5:
+                    kind = rng.integers(3)
+                    here = world.gripper_position()
+                    if kind == 0 and world.held_block() is None:  # close early, wherever the gripper is
+                        executed[:2] = here + rng.normal(0.0, 0.03, size=2)
+                        executed[2] = 1.0
+                    elif kind == 1 and world.held_block() is not None:  # let go early
+                        executed[:2] = here
+                        executed[2] = 0.0
+                    else:  # miss the target
+                        executed[:2] = label[:2] + rng.normal(0.0, 0.05, size=2)
+                    executed[:2] = np.clip(executed[:2], 0.0, 1.0)
+                world.step(executed)
+            if not (expert.finished and explain_step(world, step, bins_before).success):
+                continue  # an unrecovered step teaches nothing good
+            instruction = instruction_ids.setdefault(step.instruction, len(instruction_ids))
+            for frame, (image, state, label) in enumerate(step_rows):
+                images.append(image)
+                states.append(state)
+                actions.append(label)
+                rows.append((instruction, episode_offset + chain, step_number))
+                del frame
+    index = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+    demos = Demos(
+        images=np.stack(images),
+        states=np.stack(states).astype(np.float32),
+        actions=np.stack(actions).astype(np.float32),
+        instructions=tuple(instruction_ids),
+        instruction_index=index[:, 0].copy(),
+        episode_index=index[:, 1].copy(),
+        step_index=index[:, 2].copy(),
+    )
+    if cache is not None:
+        demos.save(cache)
+    return demos
+
+
+def concatenate(first: Demos, second: Demos) -> Demos:
+    """One demo set from two, with instruction indices remapped onto one instruction list."""
+    instructions = list(first.instructions)
+    for text in second.instructions:
+        if text not in instructions:
+            instructions.append(text)
+    remap = np.asarray([instructions.index(text) for text in second.instructions], dtype=np.int64)
+    return Demos(
+        images=np.concatenate([first.images, second.images]),
+        states=np.concatenate([first.states, second.states]),
+        actions=np.concatenate([first.actions, second.actions]),
+        instructions=tuple(instructions),
+        instruction_index=np.concatenate([first.instruction_index, remap[second.instruction_index]]),
+        episode_index=np.concatenate([first.episode_index, second.episode_index]),
+        step_index=np.concatenate([first.step_index, second.step_index]),
+    )
+
+
 def chunk_index(episode_index: np.ndarray, step_index: np.ndarray, horizon: int) -> np.ndarray:
     """(N, H) frame indices of each frame's next H actions within the same step, padded with the step's last.
 
