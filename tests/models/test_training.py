@@ -12,7 +12,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.reference.data import Demos, chunk_index, generate_demos  # noqa: E402
+from models.reference.data import (  # noqa: E402
+    Demos,
+    chunk_index,
+    concatenate,
+    generate_demos,
+    generate_recovery_demos,
+    target_block_positions,
+)
 from models.reference.train import TrainConfig, held_out_loss, train  # noqa: E402
 
 
@@ -28,6 +35,35 @@ def test_chunk_targets_stay_within_their_step():
     assert index[0].tolist() == [0, 1, 2, 2]
     assert index[3].tolist() == [3, 4, 4, 4]
     assert index[5].tolist() == [5, 6, 6, 6]
+
+
+def test_block_target_is_where_the_expert_grasps_and_releases(tiny_demos: Demos):
+    targets = target_block_positions(tiny_demos)
+    closes = tiny_demos.actions[:, 2] > 0.5
+    grasp = int(np.argmax(closes))  # first grasp of the first step
+    np.testing.assert_allclose(targets[: grasp + 1], np.broadcast_to(tiny_demos.states[grasp, :2], (grasp + 1, 2)))
+    carried = grasp + 2
+    assert closes[carried]
+    np.testing.assert_allclose(targets[carried], tiny_demos.states[carried, :2])
+
+
+def test_recovery_demos_contain_states_plain_demos_never_show(tiny_demos: Demos):
+    recovery = generate_recovery_demos(4, seed=1, perturb=0.2)
+
+    def most_reopenings_in_a_step(demos: Demos) -> int:
+        # state says closed, the expert's label opens: once per step (the drop) in plain demos; more often where
+        # a perturbation closed the gripper on nothing or dropped the block early
+        reopen = (demos.states[:, 2] > 0.5) & (demos.actions[:, 2] < 0.5)
+        key = demos.episode_index * 100 + demos.step_index
+        return max(int(reopen[key == k].sum()) for k in np.unique(key))
+
+    assert most_reopenings_in_a_step(tiny_demos) == 1
+    assert most_reopenings_in_a_step(recovery) > 1
+    both = concatenate(tiny_demos, recovery)
+    assert len(both) == len(tiny_demos) + len(recovery)
+    assert [both.instructions[i] for i in both.instruction_index[len(tiny_demos) :]] == [
+        recovery.instructions[i] for i in recovery.instruction_index
+    ]
 
 
 @pytest.mark.slow
