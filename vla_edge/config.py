@@ -62,7 +62,11 @@ class PolicySettings(Section):
 class SchedulerSettings(Section):
     control_rate_hz: float | None = Field(None, gt=0, description="Defaults to the bundle's control rate.")
     replan_when_remaining: int = Field(4, ge=1, description="Request the next chunk when this few actions remain.")
-    boundary: Literal["freeze", "blend"] = "freeze"
+    boundary: Literal["none", "freeze", "blend"] = Field(
+        "none",
+        description="Chunk boundary: none (the new chunk takes over; the jerk check guards the junction), freeze "
+        "(condition the new chunk on the actions committed during inference) or blend (cross-fade).",
+    )
     blend_steps: int = Field(3, ge=1)
 
 

@@ -5,10 +5,12 @@ turns an inference request (observation + the actions already committed for the 
 The control tick (`ChunkScheduler.tick`) is the one place that decides what goes to the motors:
 
 * it takes the action due at this tick, never one whose tick has passed (late actions are dropped, counted);
-* it asks for the next chunk when the remaining actions fall to ``replan_when_remaining``, passing the actions
-  that will run while inference is in flight as a frozen prefix (real-time chunking), so the new chunk starts
-  where the old one is going;
-* it splices an arrived chunk in from the current tick on, optionally cross-fading over a few ticks;
+* it asks for the next chunk when the remaining actions fall to ``replan_when_remaining``;
+* it splices an arrived chunk in from the current tick on. How the boundary is handled is a setting:
+  ``none`` (the new chunk, planned from the newest observation and state, takes over; the confidence monitor's
+  jerk check guards the junction), ``freeze`` (the actions that run while inference is in flight are passed as a
+  frozen prefix, as in real-time chunking) or ``blend`` (cross-fade over a few ticks). ``none`` is the default
+  because it measured best with the reference policy, which was not trained with inpainting (docs/scheduler.md);
 * it holds when there is nothing valid to execute: no chunk, a rejected (low-confidence) chunk, no frame.
 """
 
@@ -149,7 +151,7 @@ class ChunkScheduler:
         horizon: int,
         action_dim: int,
         replan_when_remaining: int = 4,
-        boundary: Literal["freeze", "blend"] = "freeze",
+        boundary: Literal["none", "freeze", "blend"] = "none",
         blend_steps: int = 3,
         expected_delay_ticks: int = 1,
     ) -> None:
@@ -270,8 +272,10 @@ class ChunkScheduler:
         observation = self._observe()
         if observation is None:
             return
-        # The actions that will run while this request is being computed are committed: freeze them.
-        committed = [self._timeline[t] for t in range(tick, tick + self._delay_ticks) if t in self._timeline]
+        committed: list[np.ndarray] = []
+        if self._boundary == "freeze":
+            # The actions that will run while this request is being computed are committed: freeze them.
+            committed = [self._timeline[t] for t in range(tick, tick + self._delay_ticks) if t in self._timeline]
         prefix = np.asarray(committed, dtype=np.float32).reshape(-1, self._action_dim)
         self._worker.submit(InferenceRequest(observation=observation, start_tick=tick, prefix=prefix))
         self.counters.chunks_requested += 1

@@ -98,7 +98,7 @@ def test_prefix_carries_the_committed_actions():
     log: list[InferenceRequest] = []
     with ChunkScheduler(
         _planner(_ramp, log=log), _observation, horizon=H, action_dim=A, replan_when_remaining=4,
-        expected_delay_ticks=2,
+        boundary="freeze", expected_delay_ticks=2,
     ) as sched:
         for tick in range(0, 12):
             sched.tick(tick)
@@ -108,6 +108,15 @@ def test_prefix_carries_the_committed_actions():
     for req in later:
         assert req.prefix.shape == (2, A)
         assert req.prefix[0, 0] == req.start_tick  # the committed action for the request's first tick
+
+
+def test_no_prefix_unless_freezing():
+    log: list[InferenceRequest] = []
+    with ChunkScheduler(_planner(_ramp, log=log), _observation, horizon=H, action_dim=A) as sched:
+        for tick in range(0, 12):
+            sched.tick(tick)
+            _wait_idle(sched)
+    assert len(log) >= 2 and all(req.prefix.shape == (0, A) for req in log)
 
 
 def test_blend_smooths_a_boundary_jump():
