@@ -18,7 +18,7 @@ What runs for real: ONNX Runtime (``PolicyRunner``, K noise samples per chunk), 
 ``ConfidenceMonitor`` (built by the daemon's own ``build_monitor``), ``TaskRunner``, ``EscalationQueue``,
 ``CheckpointStore``, the pymunk world and its judge. What is re-implemented: the executor's receding-horizon
 timing (``SimTimeExecutor`` mirrors ``PolicyStepExecutor`` + ``ChunkScheduler`` with a one-tick inference delay:
-each chunk runs its actions 1..H-r-1, then its action H-r is committed as the next chunk's frozen prefix while
+each chunk runs its actions 1..H-r-1, then its action H-r is committed (and, with ``boundary="freeze"``, passed as the next chunk's frozen prefix) while
 that chunk is computed), and the operator (``ScriptedOperator`` answers as ``hil.harness.SimulatedOperator``
 does, without threads). Simulated time makes 100 chains take minutes instead of the ~50 min of real time.
 """
@@ -111,6 +111,7 @@ class LoopSettings:
     replan_when_remaining: int = 4
     max_ticks: int = 120  # task.step_timeout_s (12 s) at 10 Hz
     gate: bool = True
+    boundary: Literal["none", "freeze"] = "none"  # scheduler.boundary: freeze passes the committed action as prefix
 
 
 # ------------------------------------------------------------------------------------------- executor
@@ -178,7 +179,7 @@ class SimTimeExecutor:
             samples = self.policy.sample(
                 self.policy.encode(image, state),
                 self.settings.num_samples,
-                None if prefix is None else prefix[None],
+                None if prefix is None or self.settings.boundary != "freeze" else prefix[None],
                 noise=self._noise_rng.standard_normal(
                     (self.settings.num_samples, h, self.policy.action_dim), dtype=np.float32
                 ),
