@@ -43,12 +43,14 @@ BANDWIDTH_TARGET = 2.0
 
 def ensure_model(cfg: BenchConfig) -> Path:
     """The int4 scale model directory: small in quick mode (built in a second), full otherwise (built once)."""
-    from models.scale.build import SIZES, build
+    from models.scale.build import GRAPH_VERSION, SIZES, build
 
     size = "small" if cfg.quick else "full"
     directory = Path("models/work/scale") / size if not cfg.quick else cfg.work / "scale-small"
-    if not (directory / "scale_model.json").is_file():
-        console.print(f"building the {size} scale model (RANDOM WEIGHTS) into {directory} ...")
+    info_path = directory / "scale_model.json"
+    current = info_path.is_file() and json.loads(info_path.read_text()).get("graph_version") == GRAPH_VERSION
+    if not current:
+        console.print(f"building the {size} scale model (RANDOM WEIGHTS, graph version {GRAPH_VERSION}) into {directory} ...")
         build(SIZES[size], directory, "int4")
     return directory
 

@@ -2,7 +2,8 @@
 
 Spec: ``{"kind": "torch" | "ort", "bundle": dir, "precision": "fp32"|"int8"|"int4", "samples": K,
 "instruction": text, "recompute_instruction": bool, "threads": n, "seed": s}``, or ``{"kind": "scale", "dir": d,
-"threads": n, "prepack": bool}`` for the scale model.
+"threads": n, "prepack": bool}`` for the scale model, or ``{"kind": "scale_prefix", "dir": d, "threads": n,
+"mode": "cached"|"recomputed", "splits": [[words, patches], ...], "steps": n}`` for one scale-model chunk.
 Requests on stdin, one JSON line each: ``{"op": "run", "n": count, "what": name}`` → ``{"ms": [...]}`` (wall
 time of each call, measured here; ``what`` is "chunk" for the policies, "prefill" or "step:<horizon>" for the
 scale model), ``{"op": "memory"}`` → peak/current resident MiB, ``{"op": "quit"}``.
@@ -84,8 +85,8 @@ def _ort_chunk(spec: dict[str, Any]) -> Callable[[], None]:
     return chunk_recomputed
 
 
-def _scale_calls(spec: dict[str, Any]) -> dict[str, Callable[[], None]]:
-    """Prefill once per chunk, and one denoising step of the action expert at any horizon."""
+def _scale_sessions(spec: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
+    """The scale model's config and its prefill and denoising-step sessions."""
     from pathlib import Path
 
     import onnxruntime as ort
@@ -101,10 +102,58 @@ def _scale_calls(spec: dict[str, Any]) -> dict[str, Callable[[], None]]:
         options.add_session_config_entry("session.disable_prepacking", "1")
     prefill = ort.InferenceSession(str(directory / "prefill.onnx"), options, providers=["CPUExecutionProvider"])
     step = ort.InferenceSession(str(directory / "denoise_step.onnx"), options, providers=["CPUExecutionProvider"])
+    return cfg, prefill, step
+
+
+def _scale_prefix_calls(spec: dict[str, Any]) -> dict[str, Callable[[], None]]:
+    """One whole chunk of the scale model (prefill + ``steps`` denoising steps) per [instruction | image] split.
+
+    ``mode`` "cached": the instruction's keys/values were computed once (here, at start) and each chunk runs the
+    prefill over the image patches only, attending to them; "recomputed": each chunk runs the whole prefix.
+    """
+    from models.scale.prefix import empty_past, instruction_cache, no_tokens
+
+    cfg, prefill, step = _scale_sessions(spec)
+    layers, head_dim = cfg["layers"], cfg["head_dim"]
+    names = [o.name for o in prefill.get_outputs()]
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((1, cfg["horizon"], cfg["action_dim"]), dtype=np.float32)
+    step_count = int(spec["steps"])
+    calls: dict[str, Callable[[], None]] = {}
+    for words, patches in spec["splits"]:
+        tokens = rng.integers(1, cfg["vocab"], size=(1, words), dtype=np.int64)
+        image = rng.standard_normal((1, patches, cfg["patch_dim"]), dtype=np.float32)
+        if spec["mode"] == "cached":
+            whole = dict(zip(names, prefill.run(None, {"tokens": tokens, "patches": image, **empty_past(layers, head_dim)}),
+                             strict=True))
+            feed = {"tokens": no_tokens(), "patches": image, **instruction_cache(whole, layers, words)}
+        else:
+            feed = {"tokens": tokens, "patches": image, **empty_past(layers, head_dim)}
+
+        def chunk(feed: dict[str, np.ndarray] = feed) -> None:
+            prefix = dict(zip(names, prefill.run(None, feed), strict=True))
+            prefix.pop("prefix_hidden")
+            actions = noise
+            for i in range(step_count):  # Euler steps of flow matching, as the action expert runs them
+                t = np.array([1.0 - i / step_count], dtype=np.float32)
+                velocity = step.run(None, {**prefix, "noisy_actions": actions, "timestep": t})[0]
+                actions = actions - velocity / step_count
+
+        calls[f"chunk:{words}:{patches}"] = chunk
+        calls[f"prefill:{words}:{patches}"] = lambda feed=feed: prefill.run(None, feed)
+    return calls
+
+
+def _scale_calls(spec: dict[str, Any]) -> dict[str, Callable[[], None]]:
+    """Prefill once per chunk, and one denoising step of the action expert at any horizon."""
+    from models.scale.prefix import empty_past
+
+    cfg, prefill, step = _scale_sessions(spec)
     rng = np.random.default_rng(0)
     prefix_feed = {
         "patches": rng.standard_normal((1, cfg["patches"], cfg["patch_dim"]), dtype=np.float32),
         "tokens": rng.integers(1, cfg["vocab"], size=(1, cfg["text_tokens"]), dtype=np.int64),
+        **empty_past(cfg["layers"], cfg["head_dim"]),
     }
     names = [o.name for o in prefill.get_outputs()]
     cache = {n: v for n, v in zip(names, prefill.run(None, prefix_feed), strict=True) if n != "prefix_hidden"}
@@ -135,10 +184,12 @@ def main(argv: list[str]) -> int:
     try:
         if spec["kind"] == "scale":
             calls = _scale_calls(spec)
+        elif spec["kind"] == "scale_prefix":
+            calls = _scale_prefix_calls(spec)
         else:
             calls = {"chunk": {"torch": _torch_chunk, "ort": _ort_chunk}[spec["kind"]](spec)}
         for call in calls.values():
-            for _ in range(1 if spec["kind"] == "scale" else 3):  # first calls pay for lazy initialisation
+            for _ in range(1 if spec["kind"].startswith("scale") else 3):  # first calls pay for lazy initialisation
                 call()
     except Exception as exc:  # reported to the parent, which raises a BenchError with this text
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)

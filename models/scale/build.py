@@ -4,10 +4,16 @@
     python -m models.scale.build --size small --out /tmp/scale-small --precision fp32
 
 Shape (pi0-like, RANDOM WEIGHTS): a decoder backbone (Gemma-2B-like: RMSNorm, multi-query attention, SwiGLU MLP)
-runs once per chunk over the prefix (image patches + instruction tokens) and returns every layer's keys and
-values (``prefill.onnx``); an action expert with the same number of layers attends, layer by layer, to those
-keys/values plus its own action tokens, once per denoising step (``denoise_step.onnx``). No rotary positions,
-biases or learned norm gains: they cost nothing next to the matmuls and would only add code.
+runs once per chunk over the prefix, ordered [instruction tokens | image patches], and returns every layer's
+keys and values (``prefill.onnx``); an action expert with the same number of layers attends, layer by layer, to
+those keys/values plus its own action tokens, once per denoising step (``denoise_step.onnx``). No rotary
+positions, biases or learned norm gains: they cost nothing next to the matmuls and would only add code.
+
+Prefix attention is block-causal (a prefix-LM split in two): instruction tokens attend only to instruction tokens,
+image tokens attend to everything. So the instruction's keys/values do not depend on the image and can be cached
+once per instruction: ``prefill.onnx`` takes them back as ``past_keys_<l>``/``past_values_<l>`` (length 0 when
+there is nothing cached) and then needs only the image patches (``tokens`` of length 0). Its outputs are always
+the whole prefix's keys/values, past included, ready for the action expert.
 
 Memory stays bounded: each weight matrix is drawn, quantized with ONNX Runtime's own MatMulNBits block quantizer
 (``quantize_matmul_4bits``, symmetric, the same kernel ``MatMulNBitsQuantizer`` calls) and appended to the graph's
@@ -33,6 +39,8 @@ from onnx.external_data_helper import set_external_data
 from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
 LABEL = "RANDOM WEIGHTS: a benchmark shape, not a trained model; its outputs are noise"
+# 2: prefix ordered [instruction | image], block-causal, instruction keys/values as optional past inputs.
+GRAPH_VERSION = 2
 OPSET = 17
 INLINE_LIMIT = 4096  # bytes: smaller tensors (shape constants, small vectors) stay inside the .onnx file
 
@@ -78,7 +86,7 @@ SIZES = {
     # ~2.04B: Gemma-2B-like backbone (16 of its 18 layers) + a pi0-like 1024-wide action expert.
     "full": ScaleConfig(
         layers=16, width=2048, ffn=16384, heads=8, head_dim=256, expert_width=1024, expert_ffn=4096, vocab=1024,
-        patches=64, patch_dim=588, text_tokens=16, action_dim=32, horizon=50, block_size=64,
+        patches=64, patch_dim=588, text_tokens=48, action_dim=32, horizon=50, block_size=64,
     ),
     # The same graph at toy size, for the tests and `vla-edge bench --quick` (seconds to build and run).
     "small": ScaleConfig(
@@ -173,10 +181,12 @@ class _GraphWriter:
         split = self.node("Reshape", [x, self.shape([1, -1, count, self.cfg.head_dim])])
         return self.node("Transpose", [split], perm=[0, 2, 3, 1] if keys else [0, 2, 1, 3])
 
-    def attend(self, q: str, keys: str, values: str) -> str:
-        """Multi-query attention without a mask (the prefix is bidirectional, as in pi0's prefix-LM)."""
+    def attend(self, q: str, keys: str, values: str, mask: str | None = None) -> str:
+        """Multi-query attention; ``mask`` (additive, [queries, keys]) is the prefix's block-causal mask."""
         scale = self.const("scale", np.array(1.0 / math.sqrt(self.cfg.head_dim), dtype=np.float32))
         scores = self.node("Mul", [self.node("MatMul", [q, keys]), scale])
+        if mask is not None:
+            scores = self.node("Add", [scores, mask])
         mixed = self.node("MatMul", [self.node("Softmax", [scores], axis=-1), values])
         merged = self.node("Transpose", [mixed], perm=[0, 2, 1, 3])
         return self.node("Reshape", [merged, self.shape([1, -1, self.cfg.heads * self.cfg.head_dim])])
@@ -203,28 +213,57 @@ def _vi(name: str, shape: list[int | str], dtype: int = TensorProto.FLOAT) -> on
     return helper.make_tensor_value_info(name, dtype, shape)
 
 
+def _prefix_mask(g: _GraphWriter, words: str, past_keys: str) -> str:
+    """Additive mask [W + P, past + W + P] over the new tokens [instruction (W) | image (P)] and the cached past.
+
+    Allowed: every past key (cached instruction); new instruction keys from every query; new image keys only from
+    image queries. So no instruction token ever sees an image token, and its keys/values are image-independent.
+    """
+    new_len = g.node("Shape", ["prefix_hidden_in"], start=1, end=2)  # [W + P]
+    past_len = g.node("Shape", [past_keys], start=3, end=4)  # [C]
+    zero = g.const("zero", np.array(0, dtype=np.int64))
+    one = g.const("one", np.array(1, dtype=np.int64))
+    positions = g.node("Range", [zero, g.node("Squeeze", [new_len]), one])
+    is_image = g.node("GreaterOrEqual", [positions, g.node("Squeeze", [words])])
+    query_is_image = g.node("Unsqueeze", [is_image, g.const("axis", np.array([1], dtype=np.int64))])
+    key_is_text = g.node("Not", [g.node("Unsqueeze", [is_image, g.const("axis", np.array([0], dtype=np.int64))])])
+    allowed = g.node("Or", [query_is_image, key_is_text])
+    blocked = g.const("blocked", np.array(-1e9, dtype=np.float32))
+    new_mask = g.node("Where", [allowed, g.const("open", np.array(0.0, dtype=np.float32)), blocked])
+    past_mask = g.node(
+        "ConstantOfShape", [g.node("Concat", [new_len, past_len], axis=0)],
+        value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)),
+    )
+    return g.node("Concat", [past_mask, new_mask], "prefix_mask", axis=1)
+
+
 def _build_prefill(cfg: ScaleConfig, out: Path, quantize: bool) -> _GraphWriter:
     g = _GraphWriter(out / "prefill.onnx.data", cfg, quantize, seed_stream=1)
     d, q_width = cfg.width, cfg.heads * cfg.head_dim
     image = g.node("MatMul", ["patches", g.const("patch_w", g.random_matrix(cfg.patch_dim, d))], "image_tokens")
     embed = g.random_matrix(cfg.vocab, d) * np.float32(math.sqrt(d))
     text = g.node("Gather", [g.const("embed", embed), "tokens"], "text_tokens", axis=0)
-    h = g.node("Concat", [image, text], "prefix", axis=1)
+    g.nodes.append(helper.make_node("Concat", [text, image], ["prefix_hidden_in"], axis=1))
+    h = "prefix_hidden_in"
+    mask = _prefix_mask(g, g.node("Shape", ["tokens"], start=1, end=2), "past_keys_0")
+    inputs = [_vi("tokens", [1, "words"], TensorProto.INT64), _vi("patches", [1, "patches", cfg.patch_dim])]
     outputs = []
     for layer in range(cfg.layers):
+        inputs += [_vi(f"past_keys_{layer}", [1, 1, cfg.head_dim, "past"]),
+                   _vi(f"past_values_{layer}", [1, 1, "past", cfg.head_dim])]
         a = g.rms_norm(h)
         q = g.heads(g.linear(a, d, q_width, "q"), cfg.heads)
-        keys = g.heads(g.linear(a, d, cfg.head_dim, "k"), 1, keys=True)
-        values = g.heads(g.linear(a, d, cfg.head_dim, "v"), 1)
-        g.nodes.append(helper.make_node("Identity", [keys], [f"keys_{layer}"]))
-        g.nodes.append(helper.make_node("Identity", [values], [f"values_{layer}"]))
+        new_keys = g.heads(g.linear(a, d, cfg.head_dim, "k"), 1, keys=True)
+        new_values = g.heads(g.linear(a, d, cfg.head_dim, "v"), 1)
+        g.nodes.append(helper.make_node("Concat", [f"past_keys_{layer}", new_keys], [f"keys_{layer}"], axis=3))
+        g.nodes.append(helper.make_node("Concat", [f"past_values_{layer}", new_values], [f"values_{layer}"], axis=2))
         outputs += [_vi(f"keys_{layer}", [1, 1, cfg.head_dim, "prefix"]), _vi(f"values_{layer}", [1, 1, "prefix", cfg.head_dim])]
-        h = g.node("Add", [h, g.linear(g.attend(q, keys, values), q_width, d, "o")], "residual")
+        attended = g.attend(q, f"keys_{layer}", f"values_{layer}", mask)
+        h = g.node("Add", [h, g.linear(attended, q_width, d, "o")], "residual")
         h = g.node("Add", [h, g.mlp(g.rms_norm(h), d, cfg.ffn)], "residual")
-    # The final hidden state is an output too, so no layer's work is pruned as unused.
+    # The final hidden state (new tokens only) is an output too, so no layer's work is pruned as unused.
     g.nodes.append(helper.make_node("Identity", [g.rms_norm(h)], ["prefix_hidden"]))
-    outputs.append(_vi("prefix_hidden", [1, "prefix", d]))
-    inputs = [_vi("patches", [1, cfg.patches, cfg.patch_dim]), _vi("tokens", [1, "words"], TensorProto.INT64)]
+    outputs.append(_vi("prefix_hidden", [1, "new", d]))
     g.finish(inputs, outputs, out / "prefill.onnx", "scale_prefill")
     return g
 
@@ -265,6 +304,7 @@ def build(cfg: ScaleConfig, out: Path, precision: str = "int4") -> dict[str, obj
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.name.startswith(("prefill", "denoise_step"))}
     info: dict[str, object] = {
         "label": LABEL,
+        "graph_version": GRAPH_VERSION,
         "precision": precision,
         "config": asdict(cfg),
         "parameters": cfg.parameter_counts(),

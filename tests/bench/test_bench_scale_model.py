@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from models.scale.build import LABEL, SIZES, build
+from models.scale.prefix import empty_past
 
 
 def _run(directory: Path, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -23,6 +24,7 @@ def _run(directory: Path, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     outputs = prefill.run(None, {
         "patches": rng.standard_normal((1, cfg.patches, cfg.patch_dim), dtype=np.float32),
         "tokens": rng.integers(1, cfg.vocab, size=(1, cfg.text_tokens), dtype=np.int64),
+        **empty_past(cfg.layers, cfg.head_dim),
     })
     named = dict(zip([o.name for o in prefill.get_outputs()], outputs, strict=True))
     hidden = named.pop("prefix_hidden")
