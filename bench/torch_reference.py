@@ -49,13 +49,18 @@ def net_config_from(bundle: Bundle, weights: dict[str, np.ndarray]) -> NetConfig
     )
 
 
+INFERENCE_MODULES = ("instruction_encoder", "observation_encoder", "denoiser")
+
+
 def load_reference(bundle: Bundle) -> ReferenceVLA:
     """A ``ReferenceVLA`` holding exactly the fp32 graphs' weights; raises KeyError naming a missing tensor."""
     weights = _initializers(bundle)
     model = ReferenceVLA(net_config_from(bundle, weights))
     state = {}
     for key in model.state_dict():
-        if key in weights:
+        if key.split(".")[0] not in INFERENCE_MODULES:
+            state[key] = model.state_dict()[key]  # a training-only head (e.g. an auxiliary loss): never exported
+        elif key in weights:
             state[key] = torch.from_numpy(weights[key].copy())
         elif key.endswith(".weight") and key.removesuffix(".weight") + ".weight_kn" in weights:
             state[key] = torch.from_numpy(np.ascontiguousarray(weights[key.removesuffix(".weight") + ".weight_kn"].T))
