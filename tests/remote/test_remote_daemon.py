@@ -23,7 +23,8 @@ def test_daemon_with_the_remote_tier_down_completes_its_task_on_the_local_tier(b
             camera={"source": "sim", "sim_endpoint": p.endpoint(p.frames)},
             stream={"command_endpoint": p.endpoint(p.commands), "state_endpoint": p.endpoint(p.state),
                     "curve": False},
-            task={"state_dir": str(tmp_path / "state")},
+            # The operator verifies at the checkpoint, so a step the policy got wrong is put right.
+            task={"state_dir": str(tmp_path / "state"), "verify_at_checkpoint": True},
             recorder={"enabled": False},
             operator={"enabled": False},
             telemetry={"metrics_port": 0},
