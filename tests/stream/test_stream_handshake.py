@@ -84,7 +84,7 @@ def test_stalled_controller_gets_at_most_one_old_command(stall_s, demo_settings,
                 daemon.send_action(values + np.array([0.0, 0.001 * (i % 3), 0.0, 0.0]), time.monotonic_ns())
                 time.sleep(stall_s / 50)
             os.kill(controller.pid, signal.SIGCONT)
-            assert wait(lambda: daemon.latest_state().t_sent_ns > time.monotonic_ns() - 50_000_000, 3.0)
+            assert wait(lambda: daemon.latest_state().t_sent_ns > time.monotonic_ns() - 50_000_000, 10.0)  # reconnect + re-handshake after a long stall; timing is not what this checks
             time.sleep(0.3)
             after = daemon.latest_state().counters
         finally:
