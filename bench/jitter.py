@@ -139,21 +139,14 @@ def _set_realtime(on: bool) -> bool:
 
 
 def _tick_phase(stream: Any, policy: _BusyPolicy, seconds: float, realtime: bool = False) -> dict[str, Any]:
-    from vla_edge.scheduler import RateLoop
+    """Ticks for ``seconds``; ``realtime``: inside ``scheduler.realtime_tick``, exactly as the executor runs a step
+    with ``scheduler.realtime_priority`` set (SCHED_FIFO tick thread, shorter GIL switch interval)."""
+    from vla_edge.scheduler import realtime_tick
 
-    if realtime and not _set_realtime(True):
-        return {"skipped": "SCHED_FIFO not permitted here (needs CAP_SYS_NICE or a LimitRTPRIO)"}
-    switch_interval = sys.getswitchinterval()
-    if realtime:
-        # A waiting thread gets the GIL only after the switch interval (5 ms by default): shorten it, or the
-        # real-time tick still waits behind the inference thread's Python code between ONNX Runtime calls.
-        sys.setswitchinterval(REALTIME_SWITCH_INTERVAL_S)
-    try:
+    with realtime_tick(REALTIME_PRIORITY if realtime else None, REALTIME_SWITCH_INTERVAL_S * 1e3) as granted:
+        if realtime and not granted:
+            return {"skipped": "SCHED_FIFO not permitted here (needs CAP_SYS_NICE or a LimitRTPRIO)"}
         return _ticks(stream, policy, seconds)
-    finally:
-        if realtime:
-            sys.setswitchinterval(switch_interval)
-            _set_realtime(False)
 
 
 def _ticks(stream: Any, policy: _BusyPolicy, seconds: float) -> dict[str, Any]:

@@ -37,10 +37,13 @@ SPEEDUP_TARGET = 4.0
 MEMORY_TARGET = 3.0
 SAMPLES = 8
 VARIANTS = ("torch-eager-fp32", "ort-fp32", "ort-int8", "ort-int4")
+QUANTIZED = ("ort-int8", "ort-int4")
+CAMERA_LIBRARY = "cv2"  # the daemon's camera imports OpenCV whatever runs the policy: measured as an add-on
 
 
-def _spec(variant: str, bundle: Path, instruction: str) -> dict[str, Any]:
-    base = {"bundle": str(bundle), "samples": SAMPLES, "instruction": instruction, "threads": THREADS, "seed": 0}
+def _spec(variant: str, bundle: Path, instruction: str, observation: Path) -> dict[str, Any]:
+    base = {"bundle": str(bundle), "samples": SAMPLES, "instruction": instruction, "threads": THREADS, "seed": 0,
+            "observation": str(observation)}
     if variant == "torch-eager-fp32":
         return {**base, "kind": "torch", "precision": "fp32"}
     return {**base, "kind": "ort", "precision": variant.removeprefix("ort-")}
@@ -62,19 +65,27 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     from hil.world import TabletopWorld
     from vla_edge.bundle import load_bundle
 
+    import numpy as np
+
     loaded = load_bundle(bundle)
     world = TabletopWorld(0)
     parity = parity_max_abs(loaded, TorchChunkRunner(loaded, THREADS), world.render(), world.state(), instruction)
+    # Workers read this observation instead of rendering one: a policy process needs no simulator.
+    observation = cfg.work / "observation.npz"
+    observation.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(observation, image=world.render(), state=world.state().astype(np.float32))
 
     workers: list[Worker] = []
     try:
         for variant in VARIANTS:
-            workers.append(Worker.start(variant, _spec(variant, bundle, instruction)))
+            workers.append(Worker.start(variant, _spec(variant, bundle, instruction, observation)))
         timings = interleaved_rounds(workers, rounds, per_round)
         memory = {
             w.name: {**w.request(op="memory"), "rss_before_load_mb": (w.ready or {}).get("rss_before_load_mb")}
             for w in workers
         }
+        for w in workers:
+            memory[w.name]["peak_rss_with_camera_library_mb"] = w.request(op="import", module=CAMERA_LIBRARY)["peak_rss_mb"]
     finally:
         for worker in workers:
             worker.close()
@@ -82,6 +93,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     variants: dict[str, Any] = {}
     torch_stats = latency_stats(timings["torch-eager-fp32"])
     torch_peak = memory["torch-eager-fp32"]["peak_rss_mb"]
+    torch_peak_camera = memory["torch-eager-fp32"]["peak_rss_with_camera_library_mb"]
     for variant in VARIANTS:
         stats = latency_stats(timings[variant])
         variants[variant] = {
@@ -91,6 +103,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             "speedup_vs_torch": round(torch_stats["median_ms"] / stats["median_ms"], 2),
             "p99_speedup_vs_torch": round(torch_stats["p99_ms"] / stats["p99_ms"], 2),
             "memory_ratio_vs_torch": round(torch_peak / memory[variant]["peak_rss_mb"], 2),
+            "memory_ratio_vs_torch_with_camera_library": round(
+                torch_peak_camera / memory[variant]["peak_rss_with_camera_library_mb"], 2
+            ),
         }
     best = max(("ort-int8", "ort-int4"), key=lambda v: variants[v]["speedup_vs_torch"])
     targets = {
@@ -98,7 +113,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             variants[best]["speedup_vs_torch"], SPEEDUP_TARGET
         ),
         f"quantized >= {MEMORY_TARGET}x smaller peak RSS than torch eager": met(
-            max(variants[v]["memory_ratio_vs_torch"] for v in ("ort-int8", "ort-int4")), MEMORY_TARGET
+            max(variants[v]["memory_ratio_vs_torch"] for v in QUANTIZED), MEMORY_TARGET
+        ),
+        f"quantized >= {MEMORY_TARGET}x smaller peak RSS than torch eager, both with OpenCV loaded (the daemon)": met(
+            max(variants[v]["memory_ratio_vs_torch_with_camera_library"] for v in QUANTIZED), MEMORY_TARGET
         ),
     }
     result = {
@@ -106,7 +124,9 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "quick": cfg.quick,
         "bundle": str(bundle),
         "what": f"one chunk = observation encoder + K={SAMPLES} samples x denoising steps, instruction cached",
-        "memory_counted": "whole-process peak RSS (ru_maxrss) of a process running only that variant",
+        "memory_counted": "whole-process peak RSS (VmHWM) of a process running only that variant on a saved "
+        "observation (no simulator); 'with camera library': the same after the process also imports OpenCV, "
+        "as the daemon's camera does; the torch process also holds onnx (~6 MiB), used to read the same weights",
         "same_weights_max_abs_action_diff_torch_vs_ort_fp32": parity,
         "rounds": rounds,
         "chunks_per_round": per_round,
@@ -130,6 +150,7 @@ def _report(result: dict[str, Any], out: Path) -> None:
                 f"{v['speedup_vs_torch']:.2f}x",
                 f"{v['peak_rss_mb']:.0f}",
                 f"{v['memory_ratio_vs_torch']:.2f}x",
+                f"{v['peak_rss_with_camera_library_mb']:.0f} ({v['memory_ratio_vs_torch_with_camera_library']:.2f}x)",
                 f"{v['graph_bytes'] / 1e6:.2f}",
             ]
         )
@@ -137,7 +158,7 @@ def _report(result: dict[str, Any], out: Path) -> None:
     print_table(
         f"reference policy per chunk (K={SAMPLES}, {THREADS} threads, interleaved, same weights: "
         f"max |torch-ort| {result['same_weights_max_abs_action_diff_torch_vs_ort_fp32']:.1e})",
-        ["variant", "median ms", "p99 ms", "speed-up", "peak RSS MiB", "RSS ratio", "graphs MB"],
+        ["variant", "median ms", "p99 ms", "speed-up", "peak RSS MiB", "RSS ratio", "+ OpenCV MiB (ratio)", "graphs MB"],
         rows,
         caption,
     )

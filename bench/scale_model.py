@@ -65,13 +65,15 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     )
     bandwidth = measure_bandwidth_gbs(512 if cfg.quick else 2048, repeats=3 if cfg.quick else 5)
     console.print(f"memory read bandwidth: {bandwidth['limit_gbs']} GB/s")
-    variants = {"prepacked": True, "no_prepack": False}
+    # name → (weight prepacking, low memory: ORT's CPU arena and memory pattern off)
+    variants = {"prepacked": (True, False), "prepacked_no_arena": (True, True), "no_prepack": (False, False)}
     timings: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
     memory: dict[str, dict[str, float]] = {}
     horizons = sorted({1, 8, model["horizon"]})
-    for name, prepack in variants.items():
+    for name, (prepack, low_memory) in variants.items():
         # One process at a time: the full model's two copies would not both fit beside the other work here.
-        worker = Worker.start(name, {"kind": "scale", "dir": str(directory), "threads": THREADS, "prepack": prepack})
+        spec = {"kind": "scale", "dir": str(directory), "threads": THREADS, "prepack": prepack, "low_memory": low_memory}
+        worker = Worker.start(name, spec)
         try:
             for _ in range(rounds):
                 timings[name].setdefault("prefill", []).extend(worker.request(op="run", what="prefill", n=prefill_reps)["ms"])
@@ -180,7 +182,7 @@ def _report(result: dict[str, Any], out: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(result["variants"])
     left.bar(["int4 weights"] + names, [weight_mb] + [result["variants"][n]["peak_rss_mb"] for n in names],
-             color=["tab:gray", "tab:blue", "tab:orange"])
+             color=["tab:gray", "tab:blue", "tab:green", "tab:orange"][: len(names) + 1])
     left.axhline(weight_mb * MEMORY_TARGET, color="black", linestyle="--", label=f"{MEMORY_TARGET}x int4 weights")
     left.set_ylabel("MiB (peak RSS, whole process)")
     left.set_title("resident memory")

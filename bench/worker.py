@@ -1,12 +1,14 @@
 """One benchmark variant in its own process: ``python -m bench.worker '<json spec>'`` (started by bench.common.Worker).
 
 Spec: ``{"kind": "torch" | "ort", "bundle": dir, "precision": "fp32"|"int8"|"int4", "samples": K,
-"instruction": text, "recompute_instruction": bool, "threads": n, "seed": s}``, or ``{"kind": "scale", "dir": d,
-"threads": n, "prepack": bool}`` for the scale model, or ``{"kind": "scale_prefix", "dir": d, "threads": n,
+"instruction": text, "recompute_instruction": bool, "threads": n, "seed": s,
+"observation": npz with image + state (optional)}``, or ``{"kind": "scale", "dir": d,
+"threads": n, "prepack": bool, "low_memory": bool}`` for the scale model, or ``{"kind": "scale_prefix", "dir": d, "threads": n,
 "mode": "cached"|"recomputed", "splits": [[words, patches], ...], "steps": n}`` for one scale-model chunk.
 Requests on stdin, one JSON line each: ``{"op": "run", "n": count, "what": name}`` → ``{"ms": [...]}`` (wall
 time of each call, measured here; ``what`` is "chunk" for the policies, "prefill" or "step:<horizon>" for the
-scale model), ``{"op": "memory"}`` → peak/current resident MiB, ``{"op": "quit"}``.
+scale model), ``{"op": "memory"}`` → peak/current resident MiB, ``{"op": "import", "module": m}`` → the same after importing m,
+``{"op": "quit"}``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import numpy as np
 from bench.common import peak_rss_mb, rss_mb
 
 
-def _observation(seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _observation(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The parent's saved observation (so this process never loads the simulator), else one rendered here."""
+    if spec.get("observation"):
+        with np.load(spec["observation"]) as saved:
+            return saved["image"], saved["state"].astype(np.float32)
     from hil.world import TabletopWorld
 
-    world = TabletopWorld(seed)
+    world = TabletopWorld(spec["seed"])
     return world.render(), world.state().astype(np.float32)
 
 
@@ -34,7 +40,7 @@ def _torch_chunk(spec: dict[str, Any]) -> Callable[[], None]:
     from vla_edge.bundle import load_bundle
 
     runner = TorchChunkRunner(load_bundle(spec["bundle"]), spec["threads"], spec.get("device", "cpu"))
-    image, state = _observation(spec["seed"])
+    image, state = _observation(spec)
     runner.set_instruction(spec["instruction"])
     rng = np.random.default_rng(spec["seed"])
     shape = (spec["samples"], runner.horizon, runner.action_dim)
@@ -56,7 +62,7 @@ def _ort_chunk(spec: dict[str, Any]) -> Callable[[], None]:
         bundle, precision=spec["precision"], providers=spec.get("providers") or ["CPUExecutionProvider"],
         intra_op_threads=spec["threads"], seed=spec["seed"],
     )
-    image, state = _observation(spec["seed"])
+    image, state = _observation(spec)
     runner.set_instruction(spec["instruction"])
     samples = spec["samples"]
     if not spec.get("recompute_instruction"):
@@ -100,6 +106,9 @@ def _scale_sessions(spec: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not spec.get("prepack", True):
         options.add_session_config_entry("session.disable_prepacking", "1")
+    if spec.get("low_memory"):  # no arena, no planned activation buffers: allocate each activation when needed
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
     prefill = ort.InferenceSession(str(directory / "prefill.onnx"), options, providers=["CPUExecutionProvider"])
     step = ort.InferenceSession(str(directory / "denoise_step.onnx"), options, providers=["CPUExecutionProvider"])
     return cfg, prefill, step
@@ -205,6 +214,11 @@ def main(argv: list[str]) -> int:
                 call()
                 times.append((time.perf_counter() - start) * 1e3)
             print(json.dumps({"ms": times}), flush=True)
+        elif request["op"] == "import":  # what another library (e.g. the camera's OpenCV) adds to this process
+            import importlib
+
+            importlib.import_module(request["module"])
+            print(json.dumps({"peak_rss_mb": round(peak_rss_mb(), 1), "rss_mb": round(rss_mb(), 1)}), flush=True)
         elif request["op"] == "memory":
             print(json.dumps({"peak_rss_mb": round(peak_rss_mb(), 1), "rss_mb": round(rss_mb(), 1)}), flush=True)
         else:

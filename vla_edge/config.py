@@ -68,6 +68,17 @@ class SchedulerSettings(Section):
         "(condition the new chunk on the actions committed during inference) or blend (cross-fade).",
     )
     blend_steps: int = Field(3, ge=1)
+    realtime_priority: int | None = Field(
+        None, ge=1, le=99,
+        description="SCHED_FIFO priority of the control tick thread (lower jitter while inference runs); needs "
+        "LimitRTPRIO= and RestrictRealtime=no in the unit (a drop-in, see docs/benchmarks.md). Unset: normal "
+        "scheduling. Not a safety feature.",
+    )
+    gil_switch_interval_ms: float = Field(
+        0.5, gt=0, le=5.0,
+        description="While the tick runs at realtime_priority: how long it may wait for the GIL (Python's default "
+        "is 5 ms).",
+    )
 
 
 class ConfidenceSettings(Section):

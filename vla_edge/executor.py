@@ -26,7 +26,7 @@ from vla_edge.confidence import ChunkContext, ConfidenceMonitor, select_chunk
 from vla_edge.operator.escalation import TeleopChannel
 from vla_edge.policy import PolicyRunner
 from vla_edge.routing import TieredPlanner
-from vla_edge.scheduler import ChunkScheduler, InferenceRequest, PlannedChunk, RateLoop, TickDecision
+from vla_edge.scheduler import ChunkScheduler, InferenceRequest, PlannedChunk, RateLoop, TickDecision, realtime_tick
 from vla_edge.stream import ActionStream
 from vla_edge.task import StepReport
 from vla_edge.types import Frame, Observation, Verdict
@@ -58,6 +58,8 @@ class ExecutorSettings:
     max_frame_age_ms: float
     step_timeout_s: float
     state_dim: int
+    realtime_priority: int | None = None  # SCHED_FIFO for the tick thread while a step runs (scheduler.realtime_tick)
+    gil_switch_interval_ms: float = 0.5
 
 
 @dataclass
@@ -119,6 +121,10 @@ class PolicyStepExecutor:
     def run_step(
         self, step_index: int, instruction: str, stop: threading.Event, *, override_once: bool = False
     ) -> StepReport:
+        with realtime_tick(self.settings.realtime_priority, self.settings.gil_switch_interval_ms):
+            return self._run_step_ticks(instruction, stop, override_once)
+
+    def _run_step_ticks(self, instruction: str, stop: threading.Event, override_once: bool) -> StepReport:
         self._begin(instruction)
         with self._memory.lock:
             self._memory.override_next = override_once
@@ -162,6 +168,10 @@ class PolicyStepExecutor:
     def teleoperate(
         self, step_index: int, instruction: str, commands: TeleopChannel, stop: threading.Event
     ) -> StepReport:
+        with realtime_tick(self.settings.realtime_priority, self.settings.gil_switch_interval_ms):
+            return self._teleoperate_ticks(instruction, commands, stop)
+
+    def _teleoperate_ticks(self, instruction: str, commands: TeleopChannel, stop: threading.Event) -> StepReport:
         self._begin(instruction)
         loop = RateLoop(self.settings.control_rate_hz)
         target = self._measured_state()

@@ -10,7 +10,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
@@ -157,6 +156,8 @@ class PolicyRunner:
             raise PolicyInputError(f"image must be uint8 (0..255), got {image.dtype}")
         size = (self.manifest.image_width, self.manifest.image_height)
         if (image.shape[1], image.shape[0]) != size:
+            import cv2  # only here: a camera already at the bundle's size never pays OpenCV's ~15 MiB
+
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(image)[None]
 

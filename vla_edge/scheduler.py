@@ -16,9 +16,13 @@ The control tick (`ChunkScheduler.tick`) is the one place that decides what goes
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -301,3 +305,38 @@ class RateLoop:
         self.tick += 1 + int(missed)
         self._next_ns += self.period_ns * (1 + int(missed))
         return int(lateness)
+
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def realtime_tick(priority: int | None, switch_interval_ms: float = 0.5) -> Iterator[bool]:
+    """Run the calling thread (the control tick) at ``SCHED_FIFO`` ``priority`` while inside; ``None``: as is.
+
+    Yields whether real-time scheduling is in force. Linux only; needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at
+    least ``priority`` (systemd: ``LimitRTPRIO=`` and ``RestrictRealtime=no``). Not permitted: a warning, and the
+    tick runs at normal priority. A woken real-time thread still needs the GIL, which a thread running Python code
+    gives up only every switch interval (5 ms by default), so the interval is shortened while inside and restored
+    after. Threads started inside inherit the policy: start workers first (the inference worker is). This lowers
+    tick jitter; it does not make vla-edge a real-time or safety-rated system.
+    """
+    if priority is None:
+        yield False
+        return
+    try:
+        previous = os.sched_getscheduler(0), os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError, AttributeError) as exc:
+        log.warning("control tick stays at normal priority: SCHED_FIFO %d not permitted (%s); grant it with "
+                    "LimitRTPRIO=%d and RestrictRealtime=no in the unit, or unset scheduler.realtime_priority",
+                    priority, exc, priority)
+        yield False
+        return
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(switch_interval_ms / 1e3)
+    try:
+        yield True
+    finally:
+        sys.setswitchinterval(switch_interval)
+        os.sched_setscheduler(0, previous[0], previous[1])
