@@ -1,0 +1,221 @@
+"""The daemon loop end to end: real ZeroMQ sockets, real ONNX Runtime sessions on the committed bundle, the
+simulated arm behind the real controller client, a camera that stalls, and a daemon stopped mid-chunk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hil.harness import SimPorts, SimRobotProcess, SimulatedOperator, StepJudge
+from hil.sim_robot import SimEndpoints, SimRobot
+from vla_edge.config import StreamSettings, load_settings
+from vla_edge.paths import REFERENCE_BUNDLE_DIR
+from vla_edge.service import Daemon
+from vla_edge.task import TaskSpec
+
+pytestmark = pytest.mark.slow
+
+
+def _settings(ports: SimPorts, tmp_path: Path, **extra):
+    overrides = {
+        "camera": {"source": "sim", "sim_endpoint": ports.endpoint(ports.frames)},
+        "stream": {"command_endpoint": ports.endpoint(ports.commands), "state_endpoint": ports.endpoint(ports.state),
+                   "curve": False},
+        "task": {"state_dir": str(tmp_path / "state")},
+        "recorder": {"enabled": False},
+        "operator": {"enabled": False},
+        "telemetry": {"metrics_port": 0},
+        "policy": {"bundle": str(REFERENCE_BUNDLE_DIR), "precision": "int8"},
+    }
+    for section, values in extra.items():
+        overrides.setdefault(section, {}).update(values)
+    return load_settings(None, **overrides)
+
+
+class ThreadedRobot:
+    """The simulated robot in a thread of the test process, so the test can see what it actuated and when."""
+
+    def __init__(self, seed: int = 3) -> None:
+        self.ports = SimPorts.pick()
+        stream = StreamSettings(command_endpoint=self.ports.endpoint(self.ports.commands),
+                                state_endpoint=self.ports.endpoint(self.ports.state), curve=False)
+        self.robot = SimRobot(seed, stream, SimEndpoints(frames=self.ports.endpoint(self.ports.frames),
+                                                         sim=self.ports.endpoint(self.ports.sim)))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.robot.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self) -> ThreadedRobot:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.robot.close()
+
+    def executed_since(self, t_ns: int) -> int:
+        return sum(1 for t, seq, _ in list(self.robot.actuations) if t >= t_ns and seq >= 0)
+
+
+def test_daemon_runs_a_chain_on_the_simulated_arm(tmp_path):
+    """Camera → policy → confidence → scheduler → stream → controller → world, with the operator gate."""
+    with SimRobotProcess(seed=5) as robot:
+        settings = _settings(robot.ports, tmp_path, recorder={"enabled": True, "dataset_dir": str(tmp_path / "ds")},
+                             task={"verify_at_checkpoint": True})
+        sim = robot.channel()
+        with Daemon(settings) as daemon:
+            assert daemon.wait_for_controller(15.0), "no controller handshake"
+            assert daemon.wait_for_camera(10.0), "no camera frame"
+            instructions = sim.chain(3, seed=5)
+            judge = StepJudge(sim)
+            operator = SimulatedOperator(daemon.escalations, daemon.teleop, sim, judge, instructions, 0.1).start()
+            try:
+                result = daemon.run_task(TaskSpec("e2e-chain", tuple(instructions)), threading.Event(),
+                                         events=judge.on_event)
+            finally:
+                operator.stop()
+            counters = daemon.executor.scheduler.counters
+            state = daemon.stream.latest_state()
+        sim.close()
+    assert result.status == "completed"
+    assert len(judge.outcomes) == 3 and all(ok for ok, _ in judge.outcomes.values()), judge.outcomes
+    assert counters.chunks_requested > 0 and counters.latencies_ms
+    # The policy moved the arm through accepted chunks (not only the operator).
+    assert counters.chunks_accepted >= 1 and counters.actions_sent > 10, counters
+    assert state is not None and state.counters.get("rejected_late", 0) == 0
+    assert (tmp_path / "ds" / "meta" / "info.json").is_file()
+    print(f"\nchunk latency median {np.median(counters.latencies_ms):.1f} ms, p99 "
+          f"{np.percentile(counters.latencies_ms, 99):.1f} ms; actions sent {counters.actions_sent}")
+
+
+def test_stalled_camera_holds_the_arm_and_stalls_the_step(tmp_path):
+    with ThreadedRobot() as robot:
+        # Confidence gating is off so that the policy is moving when the camera stalls (a refusal would hold anyway).
+        settings = _settings(robot.ports, tmp_path, camera={"stall_timeout_ms": 400.0, "max_frame_age_ms": 250.0},
+                             task={"step_timeout_s": 4.0}, confidence={"enabled": False})
+        with Daemon(settings) as daemon:
+            assert daemon.wait_for_controller(15.0) and daemon.wait_for_camera(10.0)
+            instruction = "put the red block in the left bin"
+            stalled_at: list[int] = []
+
+            def stall_camera_soon() -> None:
+                time.sleep(1.0)
+                stalled_at.append(time.monotonic_ns())
+                robot.robot.publish_frames = False
+
+            threading.Thread(target=stall_camera_soon, daemon=True).start()
+            report = daemon.executor.run_step(0, instruction, threading.Event())
+        assert stalled_at, "the camera was never stalled"
+    assert report.outcome in ("stalled", "done")
+    # Once the stall is detectable (stall timeout) plus one control period, nothing more is actuated.
+    grace_ns = int((0.4 + 0.1 + 0.05) * 1e9)
+    assert robot.executed_since(stalled_at[0] + grace_ns) == 0
+    if report.outcome == "stalled":
+        assert "camera_stalled" in report.reason or "did not finish" in report.reason
+
+
+def _write_run_files(tmp_path: Path, ports: SimPorts, instruction: str) -> tuple[Path, Path]:
+    config = tmp_path / "vla-edge.toml"
+    config.write_text(
+        f"""
+[camera]
+source = "sim"
+sim_endpoint = "{ports.endpoint(ports.frames)}"
+[stream]
+command_endpoint = "{ports.endpoint(ports.commands)}"
+state_endpoint = "{ports.endpoint(ports.state)}"
+curve = false
+[policy]
+bundle = "{REFERENCE_BUNDLE_DIR}"
+[task]
+state_dir = "{tmp_path / 'state'}"
+step_timeout_s = 30.0
+[recorder]
+enabled = false
+[operator]
+enabled = false
+[confidence]
+# Off so the policy is moving when the stop arrives (no operator answers a refusal in this test).
+enabled = false
+[telemetry]
+metrics_port = 0
+"""
+    )
+    task = tmp_path / "task.toml"
+    task.write_text(f'task_id = "stop-test"\nsteps = ["{instruction}", "{instruction}"]\n')
+    return config, task
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_daemon_stopped_mid_chunk_leaves_the_arm_holding(tmp_path, how):
+    with ThreadedRobot(seed=11) as robot:
+        instruction = "put the green block in the right bin"
+        config, task = _write_run_files(tmp_path, robot.ports, instruction)
+        daemon = subprocess.Popen([sys.executable, "-m", "vla_edge.cli", "run", "--config", str(config),
+                                   "--task", str(task)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while robot.executed_since(0) < 5 and time.monotonic() < deadline and daemon.poll() is None:
+                time.sleep(0.05)
+            assert robot.executed_since(0) >= 5, "the daemon never moved the arm"
+            stopped_at = time.monotonic_ns()
+            daemon.send_signal(getattr(signal, how))
+            out, err = daemon.communicate(timeout=20)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+        time.sleep(0.3)
+        client_state = robot.robot.client.next_setpoint()
+    assert daemon.returncode == 0, err
+    assert "Traceback" not in err
+    assert client_state.holding and client_state.reason in ("daemon:shutdown", "stale", "daemon:stop requested")
+    # Nothing is actuated after the daemon said it stops (one control period of grace for the tick in flight).
+    assert robot.executed_since(stopped_at + int(0.15e9)) == 0
+
+
+def test_run_refuses_bad_config_without_traceback(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[policy]\nprecision = 'int3'\n")
+    task = tmp_path / "task.toml"
+    task.write_text('task_id = "x"\nsteps = ["put the red block in the left bin"]\n')
+    proc = subprocess.run([sys.executable, "-m", "vla_edge.cli", "run", "--config", str(config), "--task",
+                           str(task)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 2
+    assert "policy.precision" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_daemon_mode_runs_task_files_from_the_inbox(tmp_path):
+    """`vla-edge run` without --task: a task file dropped into the inbox runs, then moves to done/."""
+    with ThreadedRobot(seed=13) as robot:
+        config, _ = _write_run_files(tmp_path, robot.ports, "put the blue block in the top bin")
+        inbox = tmp_path / "inbox"
+        config.write_text(config.read_text().replace("[task]\n", f'[task]\ninbox_dir = "{inbox}"\nidle_poll_s = 0.2\n'))
+        daemon = subprocess.Popen([sys.executable, "-m", "vla_edge.cli", "run", "--config", str(config)],
+                                  stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not inbox.is_dir() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (inbox / "not-a-task.toml").write_text("steps = 3\n")
+            (inbox / "sort.toml").write_text(
+                'task_id = "inbox-1"\nsteps = ["put the blue block in the top bin"]\n')
+            while not (inbox / "done" / "sort.toml").exists() and time.monotonic() < deadline:
+                assert daemon.poll() is None, daemon.communicate()[1]
+                time.sleep(0.2)
+            daemon.send_signal(signal.SIGTERM)
+            _, err = daemon.communicate(timeout=20)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+    assert (inbox / "done" / "sort.toml").exists(), err
+    assert "task file" in (inbox / "failed" / "not-a-task.toml.error").read_text()
+    assert daemon.returncode == 0 and "Traceback" not in err
