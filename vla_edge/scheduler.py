@@ -16,6 +16,7 @@ The control tick (`ChunkScheduler.tick`) is the one place that decides what goes
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -318,7 +319,8 @@ def realtime_tick(priority: int | None, switch_interval_ms: float = 0.5) -> Iter
     least ``priority`` (systemd: ``LimitRTPRIO=`` and ``RestrictRealtime=no``). Not permitted: a warning, and the
     tick runs at normal priority. A woken real-time thread still needs the GIL, which a thread running Python code
     gives up only every switch interval (5 ms by default), so the interval is shortened while inside and restored
-    after. Threads started inside inherit the policy: start workers first (the inference worker is). This lowers
+    after, and the objects alive on entry are frozen out of garbage collection (``gc.freeze``) until exit, so a
+    collection in another thread cannot hold the GIL for long. Threads started inside inherit the policy: start workers first (the inference worker is). This lowers
     tick jitter; it does not make vla-edge a real-time or safety-rated system.
     """
     if priority is None:
@@ -335,8 +337,14 @@ def realtime_tick(priority: int | None, switch_interval_ms: float = 0.5) -> Iter
         return
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(switch_interval_ms / 1e3)
+    # A full garbage collection, triggered by whichever thread allocates, holds the GIL for milliseconds over
+    # every live object; frozen objects (all there are now: models, sessions, sockets) are no longer scanned.
+    was_frozen = gc.get_freeze_count() > 0
+    gc.freeze()
     try:
         yield True
     finally:
+        if not was_frozen:
+            gc.unfreeze()
         sys.setswitchinterval(switch_interval)
         os.sched_setscheduler(0, previous[0], previous[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -50,12 +51,16 @@ def test_fifo_inside_and_everything_restored_after(caplog):
     def body():
         with realtime_tick(7, switch_interval_ms=0.25) as granted:
             inside = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority, sys.getswitchinterval()
-        return granted, inside, os.sched_getscheduler(0)
+            frozen = gc.get_freeze_count()
+        return granted, inside, os.sched_getscheduler(0), frozen
 
+    assert gc.get_freeze_count() == 0
     with caplog.at_level(logging.WARNING, logger="vla_edge.scheduler"):
-        granted, inside, after = _in_thread(body)
+        granted, inside, after, frozen = _in_thread(body)
+    assert gc.get_freeze_count() == 0  # unfrozen again on exit
     if granted:
         assert inside == (os.SCHED_FIFO, 7, pytest.approx(0.00025))
+        assert frozen > 1000  # every object alive on entry is out of the collector's reach
     else:  # not root and no RLIMIT_RTPRIO: it says so and runs normally
         assert "not permitted" in caplog.text and inside[0] == os.SCHED_OTHER
     assert after == os.SCHED_OTHER
