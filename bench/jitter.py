@@ -187,6 +187,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     from vla_edge.stream import ActionStream
 
     command, state = _free_endpoint(), _free_endpoint()
+    load_before = [round(v, 2) for v in os.getloadavg()]  # other jobs on the machine delay ticks too: say how busy
     policy = _BusyPolicy(bundle, instruction_for(bundle))
     controller = subprocess.Popen(
         [sys.executable, "-m", "bench.jitter", "--controller", json.dumps({"command": command, "state": state})],
@@ -222,6 +223,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             "median_chunk_ms": round(float(np.median(policy.latencies_ms)), 3) if policy.latencies_ms else None,
         },
         "machine": machine_info(),
+        "load_average_before_1_5_15m": load_before,
+        "load_average_after_1_5_15m": [round(v, 2) for v in os.getloadavg()],
         "idle": idle,
         "with_inference": loaded,
         "with_inference_realtime_tick": realtime,

@@ -31,6 +31,8 @@ def test_quick_bench_writes_tables_json_and_plots(tmp_path: Path):
         assert 30 < v["peak_rss_mb"] < 4000
     # Each variant measured in its own process: ONNX Runtime without torch must be smaller than torch.
     assert reference["variants"]["ort-int8"]["memory_ratio_vs_torch"] > 1.5
+    int8 = reference["variants"]["ort-int8"]
+    assert int8["peak_rss_with_camera_library_mb"] > int8["peak_rss_mb"] + 5  # OpenCV was really loaded on top
 
     scale = json.loads((out / "scale_model.json").read_text())
     assert "RANDOM WEIGHTS" in scale["label"]
@@ -43,6 +45,9 @@ def test_quick_bench_writes_tables_json_and_plots(tmp_path: Path):
     assert jitter["inference"]["chunks"] > 10  # the policy really ran beside the loop
     assert jitter["controller_counters"].get("executed", 0) > 0.5 * loaded["ticks_run"]  # actions crossed the socket
     assert 0.0 <= loaded["on_time_share"] <= 1.0
+    realtime = jitter["with_inference_realtime_tick"]
+    assert "skipped" in realtime or realtime["ticks_due"] >= 450
+    assert len(jitter["load_average_before_1_5_15m"]) == 3
 
     gpu = json.loads((out / "gpu.json").read_text())
     assert gpu.get("skipped") == "no GPU on this machine" or gpu["variants"]
