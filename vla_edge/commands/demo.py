@@ -118,7 +118,8 @@ def demo(args: argparse.Namespace) -> int:
         result = daemon.run_task(spec, stop, events=on_event)
         elapsed = time.monotonic() - started
         counters = daemon.executor.scheduler.counters
-        _summary(console, result, judge, counters, elapsed, operator, run_dir if recording else None)
+        rate = settings.scheduler.control_rate_hz or daemon.bundle.manifest.control_rate_hz
+        _summary(console, result, judge, counters, elapsed, operator, run_dir if recording else None, rate)
         return 0 if result.status == "completed" else 1
     finally:
         if operator is not None:
@@ -139,6 +140,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
+_FINISHED_BY = {"done": "the policy", "teleoperated": "the operator (take-over)", "approved": "operator approval"}
+
+
 class _ProgressPrinter:
     def __init__(self, console: Console, judge, total: int) -> None:
         self.console = console
@@ -157,12 +161,15 @@ class _ProgressPrinter:
         elif event.kind == "step_finished":
             outcome = self.judge.outcome(step)
             mark = "[green]✓ success[/]" if outcome and outcome[0] else f"[red]✗ failed[/] {outcome[1] if outcome else ''}"
-            self.console.print(f"         finished by {event.detail.get('resolution')}: {mark}")
+            by = _FINISHED_BY.get(str(event.detail.get("resolution")), str(event.detail.get("resolution")))
+            self.console.print(f"         finished by {by}: {mark}")
         elif event.kind == "checkpoint":
-            self.console.print(f"         [blue]checkpoint[/] before step {step + 1}")
+            waiting = " (waiting for the operator to verify)" if event.detail.get("pending_verification") else ""
+            self.console.print(f"         [blue]checkpoint saved[/]{waiting}")
 
 
-def _summary(console: Console, result, judge, counters, elapsed: float, operator, dataset_dir: Path | None) -> None:
+def _summary(console: Console, result, judge, counters, elapsed: float, operator, dataset_dir: Path | None,
+             control_rate_hz: float) -> None:
     outcomes = [judge.outcome(i) for i in range(len(judge.outcomes))]
     succeeded = sum(1 for o in outcomes if o and o[0])
     autonomous = sum(1 for ok in judge.autonomous.values() if ok)
@@ -175,8 +182,11 @@ def _summary(console: Console, result, judge, counters, elapsed: float, operator
     if latencies.size:
         table.add_row("chunk latency (plan: infer K samples + verdict)",
                       f"median {np.median(latencies):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms")
-    table.add_row("actions sent", f"{counters.actions_sent} in {elapsed:.1f} s "
-                                  f"({counters.actions_sent / max(elapsed, 1e-9):.1f} Hz while running)")
+    policy_seconds = counters.ticks / control_rate_hz
+    table.add_row("action rate under the policy",
+                  f"{counters.actions_sent / max(policy_seconds, 1e-9):.1f} Hz of {control_rate_hz:g} Hz "
+                  f"({counters.actions_sent} actions in {counters.ticks} control ticks; the rest held)")
+    table.add_row("wall time", f"{elapsed:.1f} s")
     table.add_row("chunks accepted / rejected", f"{counters.chunks_accepted} / {counters.chunks_rejected}")
     table.add_row("late actions dropped", str(counters.late_dropped))
     if dataset_dir is not None:
