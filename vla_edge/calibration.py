@@ -161,6 +161,9 @@ def calibrate_false_alarm(
     return Calibration(thresholds, level, "false_alarm_rate", level, rates(scores, gate), None)
 
 
+UNINFORMATIVE_AUROC = 0.5
+
+
 def calibrate_miss_rate(
     scores: StepScores,
     target_miss_rate: float,
@@ -183,10 +186,15 @@ def calibrate_miss_rate(
             f"a target miss rate of {target_miss_rate:g} needs at least {needed} failed held-out steps, got {m}; "
             "roll out more chains or raise the target"
         )
+    # A signal that does not rank failed steps above good ones (AUROC <= 0.5 on these steps) only adds false
+    # alarms: it is kept as an outlier check at the largest value calibration saw, instead of being fitted.
+    uninformative = {s: float(scores.values[s].max()) for s in signals
+                     if not auroc(scores.values[s], scores.failed) > UNINFORMATIVE_AUROC}
+    fitted = [s for s in signals if s not in uninformative]
     # Below 1/(n+1) a conformal threshold would have to be infinite (the signal switched off): not offered.
     usable = LEVEL_GRID[LEVEL_GRID >= 1.0 / (successes.n_steps + 1)]
     for level in usable:
-        thresholds = thresholds_at_level(successes, float(level), signals)
+        thresholds = {**thresholds_at_level(successes, float(level), fitted), **uninformative}
         gate = {**(fixed or {}), **thresholds}
         miss = float((~flagged(failures, gate)).mean())
         bound = (m / (m + 1)) * miss + 1.0 / (m + 1)

@@ -145,3 +145,18 @@ def test_a_fitted_jerk_threshold_never_goes_below_the_speed_limit():
     scores = StepScores({"jerk": rng.uniform(0.2, 0.9, 200)}, np.zeros(200, bool))  # a very smooth policy
     result = calibrate_false_alarm(scores, 0.05, signals=("jerk",))
     assert result.thresholds["jerk"] == 1.05
+
+
+def test_a_signal_that_does_not_rank_failures_higher_is_not_fitted():
+    from vla_edge.calibration import StepScores, calibrate_miss_rate
+
+    rng = np.random.default_rng(4)
+    failed = np.array([False] * 200 + [True] * 60)
+    informative = np.concatenate([rng.normal(0.0, 1.0, 200), rng.normal(3.0, 1.0, 60)])
+    inverted = np.concatenate([rng.normal(3.0, 1.0, 200), rng.normal(0.0, 1.0, 60)])  # high on good steps
+    scores = StepScores({"consistency": informative, "spread": inverted}, failed)
+    result = calibrate_miss_rate(scores, 0.2, signals=("consistency", "spread"))
+    # The inverted signal stays only as an outlier check beyond every calibration value; the other is fitted.
+    assert result.thresholds["spread"] == inverted.max()
+    assert result.thresholds["consistency"] < informative.max()
+    assert result.calibration.false_alarm < 0.5
