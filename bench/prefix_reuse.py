@@ -44,13 +44,17 @@ SAMPLES = 8
 INSTRUCTION_TOKENS = 48
 IMAGE_TOKENS = (64, 256)
 DENOISING_STEPS = 10
+NOISE_MARGIN = 1.25  # attention adds a little beyond the linear token bound; much more than this is noise
 
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
     scale = _scale_part(cfg)
     reference = _reference_part(cfg)
+    # A prefill ratio well beyond the token bound is machine noise (another job slowed one mode), not caching:
+    # such a split is reported but never counted as meeting the target.
     targets = {
         f"scale model, {split}: cached chunk >= {TARGET}x faster": met(row["chunk_speedup"], TARGET)
+        and not row["beyond_token_bound"]
         for split, row in scale["splits"].items()
     }
     targets[f"reference policy: cached >= {TARGET}x faster"] = met(
@@ -124,6 +128,9 @@ def _scale_part(cfg: BenchConfig) -> dict[str, Any]:
             # Prefill cost is ~linear in tokens (matmuls dominate), so reuse can at best remove the instruction's share.
             "prefill_speedup_bound_from_tokens": round((words + patches) / patches, 3),
         }
+        rows[_split_name(words, patches)]["beyond_token_bound"] = bool(
+            rows[_split_name(words, patches)]["prefill_speedup"] > NOISE_MARGIN * (words + patches) / patches
+        )
     return {
         "model_dir": str(directory),
         "label": info["label"],
@@ -184,7 +191,8 @@ def _report(result: dict[str, Any], out: Path) -> None:
          "chunk recomputed", "chunk speed-up"],
         [
             [split, f"{r['cached_prefill']['median_ms']:.1f}", f"{r['recomputed_prefill']['median_ms']:.1f}",
-             f"{r['prefill_speedup']:.2f}x ({r['prefill_speedup_bound_from_tokens']:.2f}x)",
+             f"{r['prefill_speedup']:.2f}x ({r['prefill_speedup_bound_from_tokens']:.2f}x)"
+             + (" NOISY: beyond the token bound" if r["beyond_token_bound"] else ""),
              f"{r['cached_chunk']['median_ms']:.1f}", f"{r['recomputed_chunk']['median_ms']:.1f}",
              f"{r['chunk_speedup']:.2f}x"]
             for split, r in scale["splits"].items()
