@@ -230,9 +230,13 @@ def build(cfg: BuildConfig, console: Console) -> int:
                 max_seconds=cfg.max_train_seconds,
                 log_every=min(100, max(1, cfg.iterations // 5)),
             )
-            result = train(
-                demos, train_cfg, on_log=lambda step, loss: progress.update(task, completed=step, description=f"train (loss {loss:.3f})")
-            )
+
+            def on_log(step: int, loss: float) -> None:
+                progress.update(task, completed=step, description=f"train (loss {loss:.3f})")
+                if not console.is_terminal and step % 1000 == 0:
+                    console.log(f"train: iteration {step}, flow loss {loss:.4f}")  # progress in a log file
+
+            result = train(demos, train_cfg, on_log=on_log)
             save_checkpoint(result, cfg.work / "checkpoint.pt")
         console.log(
             f"train: {count_parameters(result.model)} parameters, {result.iterations} iterations in "
