@@ -1,6 +1,6 @@
 """Rebuild the reference bundle from nothing: demos → training → export → quantization → parity → manifest.
 
-    python -m models.build                       # full build into models/bundles/reference (~20-25 min, 2 cores)
+    python -m models.build                       # full build into models/bundles/reference (~25 min on 2 shared cores)
     python -m models.build --quick --out /tmp/b  # tiny smoke build (seconds; parity gate reported, not enforced)
 
 Deterministic seeds throughout. Intermediate files (demos, checkpoint, staging bundle) go to ``--work``
