@@ -223,6 +223,8 @@ class Daemon:
                 max_frame_age_ms=s.camera.max_frame_age_ms,
                 step_timeout_s=s.task.step_timeout_s,
                 state_dim=manifest.state_dim,
+                realtime_priority=s.scheduler.realtime_priority,
+                gil_switch_interval_ms=s.scheduler.gil_switch_interval_ms,
             ),
             observers=observers,
             progress=self._watchdog.progress if self._watchdog else None,
