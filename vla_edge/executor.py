@@ -195,9 +195,8 @@ class PolicyStepExecutor:
             self._after_tick(decision, lateness, action, instruction, intervention=True)
             if done:
                 return self._end(StepReport("done", self.latest_frame(), {}, "operator finished the step", ticks),
-                                 None, intervention=True)
-        return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped",
-                         intervention=True)
+                                 None)
+        return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped")
 
     def hold(self, reason: str) -> None:
         self._send_hold(reason)
@@ -214,7 +213,7 @@ class PolicyStepExecutor:
             self._memory.samples = None
             self._memory.last_executed = None
 
-    def _end(self, report: StepReport, hold_reason: str | None, *, intervention: bool = False) -> StepReport:
+    def _end(self, report: StepReport, hold_reason: str | None) -> StepReport:
         if hold_reason is not None:
             self._send_hold(hold_reason)
         self._scheduler.reset()

@@ -171,7 +171,6 @@ class ChunkScheduler:
         self._delay_ticks = max(1, expected_delay_ticks)
         self._timeline: dict[int, np.ndarray] = {}
         self._blocked: PlannedChunk | None = None
-        self._override_next = False
         self._worker = _InferenceWorker(planner)
         self.counters = SchedulerCounters()
 
@@ -190,14 +189,6 @@ class ChunkScheduler:
         self._worker.discard()
         self._timeline.clear()
         self._blocked = None
-        self._override_next = False
-
-    def approve_blocked_chunk(self) -> bool:
-        """The operator approved the rejected chunk: actuate it once (from the current tick)."""
-        if self._blocked is None:
-            return False
-        self._override_next = True
-        return True
 
     @property
     def blocked(self) -> PlannedChunk | None:
@@ -212,11 +203,9 @@ class ChunkScheduler:
         self.counters.ticks += 1
         new_chunk, rejected = self._collect_result(tick)
 
-        if self._blocked is not None and not self._override_next:
+        if self._blocked is not None:
+            # Held until reset(): an operator's approval makes the executor accept the next chunk instead.
             return self._hold(tick, "low_confidence", new_chunk, rejected)
-        if self._override_next and self._blocked is not None:
-            self._splice(self._blocked, tick)
-            new_chunk, self._blocked, self._override_next = self._blocked, None, False
 
         for stale in [t for t in self._timeline if t < tick]:
             del self._timeline[stale]

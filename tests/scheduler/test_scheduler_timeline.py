@@ -88,10 +88,9 @@ def test_low_confidence_chunk_is_never_actuated_until_approved():
         assert all(a[0] < 1000 for a in actions.values()), "an action of the rejected chunk ran"
         assert max(actions) <= rejected_start + 1, "the arm kept moving after the rejection"
         assert sched.tick(30).hold_reason == "low_confidence"
-        assert sched.approve_blocked_chunk()
-        # The approved chunk runs once from now; its own past rows are not replayed.
-        decision = sched.tick(rejected_start + 2)
-        assert decision.action is not None and decision.action[0] == rejected_start + 2 + 1000
+        assert sched.counters.chunks_requested == 3, "no new request while blocked"
+        sched.reset()
+        assert sched.blocked is None and sched.tick(31).hold_reason == "no_chunk"
 
 
 def test_prefix_carries_the_committed_actions():
