@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -9,7 +10,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,3 +295,15 @@ def instruction_for(bundle_dir: Path) -> str:
     text = "put the red block in the left bin"
     load_bundle(bundle_dir, verify=False).tokenizer().encode(text)  # raises UnknownWordError naming the word
     return text
+
+
+def part_main(module: str, doc: str | None, run: Callable[[BenchConfig], object], argv: list[str] | None) -> int:
+    """The command line every bench part shares: ``python -m bench.<part> [--quick] [--out] [--work] [--bundle]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--work", type=Path, default=Path("models/work/bench"))
+    parser.add_argument("--bundle", type=Path, default=None)
+    args = parser.parse_args(argv)
+    run(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle))
+    return 0

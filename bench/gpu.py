@@ -9,11 +9,11 @@ rounds, per-chunk wall time including the copy of the result back to the host.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    part_main,
     THREADS,
     BenchConfig,
     Worker,
@@ -103,14 +103,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--work", type=Path, default=Path("models/work/bench"))
-    parser.add_argument("--bundle", type=Path, default=None)
-    args = parser.parse_args(argv)
-    run(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle))
-    return 0
+    return part_main("bench.gpu", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ arenas), which is what a board pays; ``rss_before_load_mb`` is the bare interpre
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    part_main,
     THREADS,
     BenchConfig,
     Worker,
@@ -186,14 +186,7 @@ def _report(result: dict[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.reference_policy", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--work", type=Path, default=Path("models/work/bench"))
-    parser.add_argument("--bundle", type=Path, default=None)
-    args = parser.parse_args(argv)
-    run(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle))
-    return 0
+    return part_main("bench.reference_policy", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Where ternary is slower or less accurate than int8, the table says so: nothing h
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
+    part_main,
     THREADS,
     BenchConfig,
     Worker,
@@ -166,14 +166,7 @@ def _report(result: dict[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ternary", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--work", type=Path, default=Path("models/work/bench"))
-    parser.add_argument("--bundle", type=Path, default=None)
-    args = parser.parse_args(argv)
-    run(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle))
-    return 0
+    return part_main("bench.ternary", __doc__, run, argv)
 
 
 if __name__ == "__main__":
