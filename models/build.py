@@ -90,6 +90,21 @@ class BuildConfig:
         )
 
 
+
+def training_info(result, seed: int, threads: int) -> TrainingInfo:
+    """What the manifest records about how a bundle's model was trained (shared by the reference and remote builds)."""
+    return TrainingInfo(
+        parameters=count_parameters(result.model),
+        train_seconds=round(result.seconds, 1),
+        iterations=result.iterations,
+        demo_chains=result.episodes,
+        demo_frames=result.train_frames,
+        final_loss=round(result.held_out_loss, 5),
+        seed=seed,
+        torch_version=torch.__version__,
+        threads=threads,
+    )
+
 def _quantization_text(precision: str, reports: list[QuantizationReport]) -> str:
     counts = "; ".join(r.describe() for r in reports)
     if precision == "fp32":
@@ -160,17 +175,7 @@ def _manifest(
         files=digests,
         variants=variants,
         confidence_thresholds=None,
-        training=TrainingInfo(
-            parameters=count_parameters(result.model),
-            train_seconds=round(result.seconds, 1),
-            iterations=result.iterations,
-            demo_chains=result.episodes,
-            demo_frames=result.train_frames,
-            final_loss=round(result.held_out_loss, 5),
-            seed=cfg.seed,
-            torch_version=torch.__version__,
-            threads=cfg.threads,
-        ),
+        training=training_info(result, cfg.seed, cfg.threads),
     )
 
 

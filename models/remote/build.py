@@ -21,10 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 
-from models.build import _observations, latency_ms
+from models.build import _observations, latency_ms, training_info
 from models.reference import parity
 from models.reference.data import generate_demos, split_by_episode
 from models.reference.export import GRAPH_FILES, export_fp32, graph_specs
@@ -36,7 +35,6 @@ from vla_edge.bundle import (
     BundleManifest,
     Normalisation,
     ParityFigures,
-    TrainingInfo,
     VariantSpec,
     digest_files,
     load_bundle,
@@ -118,17 +116,7 @@ def _manifest(cfg: RemoteBuildConfig, staging: Path, result: TrainResult, stats:
             size_bytes=sum(d.size_bytes for d in digests.values()),
             parity=figures,
         )},
-        training=TrainingInfo(
-            parameters=count_parameters(result.model),
-            train_seconds=round(result.seconds, 1),
-            iterations=result.iterations,
-            demo_chains=result.episodes,
-            demo_frames=result.train_frames,
-            final_loss=round(result.held_out_loss, 5),
-            seed=cfg.seed,
-            torch_version=torch.__version__,
-            threads=cfg.threads,
-        ),
+        training=training_info(result, cfg.seed, cfg.threads),
     )
 
 
