@@ -259,7 +259,9 @@ def run_soak(duration_s: float = 60.0, rate_hz: float = 50.0, *, segment_s: floa
             proxy.set_faults(Faults())
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=10)
-            time.sleep(0.5)  # let the last commands land and be decided
+            # Let the last commands land and be decided: a command the proxy is still delaying arrives up to the
+            # largest injected delay later (the former fixed 0.5 s equalled that delay and lost one, rarely).
+            time.sleep(max(f.delay_max_ms for _, f in PHASES) / 1000.0 + 0.5)
             loop.stop()
             t_stop = time.monotonic_ns()
         finally:
