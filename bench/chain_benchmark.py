@@ -17,9 +17,11 @@ Both modes run the SAME chains (layouts, instructions) with the SAME policy nois
 What runs for real: ONNX Runtime (``PolicyRunner``, K noise samples per chunk), ``select_chunk``,
 ``ConfidenceMonitor`` (built by the daemon's own ``build_monitor``), ``TaskRunner``, ``EscalationQueue``,
 ``CheckpointStore``, the pymunk world and its judge. What is re-implemented: the executor's receding-horizon
-timing (``SimTimeExecutor`` mirrors ``PolicyStepExecutor`` + ``ChunkScheduler`` with a one-tick inference delay:
-each chunk runs its actions 1..H-r-1, then its action H-r is committed (and, with ``boundary="freeze"``, passed as the next chunk's frozen prefix) while
-that chunk is computed), and the operator (``ScriptedOperator`` answers as ``hil.harness.SimulatedOperator``
+timing (``SimTimeExecutor`` mirrors ``PolicyStepExecutor`` + ``ChunkScheduler``: with ``scheduler.plan_ahead``,
+the default, the next chunk is planned from the frame taken after the last action and arrives before the next tick,
+so each chunk runs its actions 0..H-r-1; with ``boundary="freeze"`` or without plan-ahead, a one-tick inference
+delay: each chunk runs its actions 1..H-r-1, then its action H-r is committed (with freeze, passed as the next
+chunk's frozen prefix) while that chunk is computed), and the operator (``ScriptedOperator`` answers as ``hil.harness.SimulatedOperator``
 does, without threads). Simulated time makes 100 chains take minutes instead of the ~50 min of real time.
 """
 
@@ -112,6 +114,7 @@ class LoopSettings:
     max_ticks: int = 120  # task.step_timeout_s (12 s) at 10 Hz
     gate: bool = True
     boundary: Literal["none", "freeze"] = "none"  # scheduler.boundary: freeze passes the committed action as prefix
+    plan_ahead: bool = True  # scheduler.plan_ahead: plan from the frame after the last action; row 0 runs
 
 
 # ------------------------------------------------------------------------------------------- executor
@@ -158,34 +161,45 @@ class SimTimeExecutor:
         run = StepRun(step_index, "policy", "stalled", None, "", 0)
         self.runs.append(run)
         h, r = self.policy.horizon, self.settings.replan_when_remaining
-        prefix: np.ndarray | None = None
-        owner: ChunkRecord | None = None  # the chunk the committed prefix action belongs to
+        # Planned ahead (the daemon's default): each chunk is planned from the frame after the last action and is
+        # ready before the next tick, so it runs rows 0..h-r-1. Otherwise one tick of inference delay: the action
+        # committed for that tick runs while the chunk is computed, and the chunk runs rows 1..h-r-1.
+        ahead = self.settings.plan_ahead and self.settings.boundary == "none"
+        first_row = 0 if ahead else 1
+        prefix: np.ndarray | None = None  # the committed action that runs while the next chunk is computed
+        owner: ChunkRecord | None = None  # the chunk it belongs to
+        last: np.ndarray | None = None  # the last action executed
         previous: ChunkSamples | None = None
         previous_start = 0
         override = override_once
         self.policy.set_instruction(instruction)
+        if ahead and not stop.is_set():  # the step's first tick holds while the first chunk is planned
+            self.world.hold()
+            self._tick(run)
         while run.ticks < self.settings.max_ticks:
             if stop.is_set():
                 return self._end(run, "stopped", "stop requested")
             image, state, start_tick = self.world.render(), self.world.state(), run.ticks
-            # While this chunk is computed (one tick), the action committed for that tick runs (or the arm holds).
-            if prefix is None:
-                self.world.hold()
-                self._tick(run)
-            else:
-                self._actuate(prefix, owner, run)  # type: ignore[arg-type]
-                if prefix[DONE_INDEX] > 0.5:
-                    return self._done(run, step)
+            if not ahead:
+                if prefix is None:
+                    self.world.hold()
+                    self._tick(run)
+                else:
+                    self._actuate(prefix, owner, run)  # type: ignore[arg-type]
+                    last = prefix
+                    if prefix[DONE_INDEX] > 0.5:
+                        return self._done(run, step)
+            frozen = prefix[None] if prefix is not None and self.settings.boundary == "freeze" else None
             samples = self.policy.sample(
                 self.policy.encode(image, state),
                 self.settings.num_samples,
-                None if prefix is None or self.settings.boundary != "freeze" else prefix[None],
+                frozen,
                 noise=self._noise_rng.standard_normal(
                     (self.settings.num_samples, h, self.policy.action_dim), dtype=np.float32
                 ),
             )
             chunk = select_chunk(samples.actions)
-            context = ChunkContext(previous, previous_start, start_tick, prefix)
+            context = ChunkContext(previous, previous_start, start_tick, last)
             verdict = self.monitor.evaluate(samples, chunk, context)
             approved = override and not verdict.passed  # the operator saw this refusal and said go, once
             record = ChunkRecord(step_index, dict(verdict.score), verdict.passed, approved=approved)
@@ -196,13 +210,15 @@ class SimTimeExecutor:
                 run.reason = verdict.reason
                 return self._end(run, "low_confidence", verdict.reason, dict(verdict.score))
             previous, previous_start = samples, start_tick
-            for action in chunk[1 : h - r]:
+            for action in chunk[first_row : h - r]:
                 self._actuate(action, record, run)
+                last = action
                 if action[DONE_INDEX] > 0.5:
                     return self._done(run, step)
                 if run.ticks >= self.settings.max_ticks:
                     break
-            prefix, owner = chunk[h - r], record
+            if not ahead:
+                prefix, owner = chunk[h - r], record
         self.holds["stalled"] += 1
         return self._end(run, "stalled", f"step did not finish within {self.settings.max_ticks} ticks")
 

@@ -68,6 +68,13 @@ class SchedulerSettings(Section):
         "(condition the new chunk on the actions committed during inference) or blend (cross-fade).",
     )
     blend_steps: int = Field(3, ge=1)
+    plan_ahead: bool = Field(
+        True,
+        description="Request the next chunk half a tick after an action is sent, from the frame that shows it, for "
+        "a chunk starting at the next tick, so the chunk's first action runs (as in the loop the policy was "
+        "evaluated in). false: request at the tick from the frame before that tick's action (its first row is "
+        "then usually late and dropped).",
+    )
     realtime_priority: int | None = Field(
         None, ge=1, le=99,
         description="SCHED_FIFO priority of the control tick thread (lower jitter while inference runs); needs "

@@ -6,7 +6,9 @@ Each control tick (fixed rate, monotonic clock) it
 2. asks the `ChunkScheduler` what the motors do now; the scheduler's worker thread plans chunks with the policy
    and the confidence monitor in the background,
 3. sends that action on the `ActionStream` with its due time, or a hold when there is nothing valid to send,
-4. records the tick (dataset, telemetry, console) and tells the watchdog the loop made progress.
+4. records the tick (dataset, telemetry, console) and tells the watchdog the loop made progress,
+5. half a tick later, takes the frame that shows the action executed and lets the scheduler request the next
+   chunk from it (``scheduler.plan_ahead``), so that chunk's first action is the one that runs next.
 
 A step ends when an executed action says ``done``; when a chunk fails its confidence verdict (the arm holds and
 the task runner escalates); when the step runs past ``task.step_timeout_s`` (stalled); or when asked to stop.
@@ -58,6 +60,7 @@ class ExecutorSettings:
     max_frame_age_ms: float
     step_timeout_s: float
     state_dim: int
+    plan_ahead: bool = True  # request the next chunk half a tick after an action is sent (scheduler.plan_ahead)
     realtime_priority: int | None = None  # SCHED_FIFO for the tick thread while a step runs (scheduler.realtime_tick)
     gil_switch_interval_ms: float = 0.5
 
@@ -107,6 +110,7 @@ class PolicyStepExecutor:
             replan_when_remaining=settings.replan_when_remaining,
             boundary=settings.boundary,  # type: ignore[arg-type]
             blend_steps=settings.blend_steps,
+            plan_ahead=settings.plan_ahead,
         )
         self._holding_reason: str | None = None
 
@@ -164,6 +168,12 @@ class PolicyStepExecutor:
                 if decision.hold_reason:
                     why += f" (last hold: {decision.hold_reason})"
                 return self._end(StepReport("stalled", self.latest_frame(), {}, why, ticks), "stalled")
+            if sent is not None and self.settings.plan_ahead:
+                # Half a tick on, the newest frame shows the action just sent: plan the next chunk from it.
+                loop.wait_phase(0.5)
+                self._pull_frame()
+                if self.camera.status in (CameraStatus.OK, CameraStatus.STARTING):
+                    self._scheduler.plan_ahead(loop.tick + 1)
 
     def teleoperate(
         self, step_index: int, instruction: str, commands: TeleopChannel, stop: threading.Event

@@ -5,7 +5,12 @@ turns an inference request (observation + the actions already committed for the 
 The control tick (`ChunkScheduler.tick`) is the one place that decides what goes to the motors:
 
 * it takes the action due at this tick, never one whose tick has passed (late actions are dropped, counted);
-* it asks for the next chunk when the remaining actions fall to ``replan_when_remaining``;
+* it asks for the next chunk when the remaining actions fall to ``replan_when_remaining``. With ``plan_ahead``
+  (the default) the executor asks half a tick after an action was sent (`ChunkScheduler.plan_ahead`), from the
+  frame that shows that action executed, for a chunk that starts at the next tick: the new chunk's first row runs,
+  as in the synchronous loop the policy was evaluated in, and inference still overlaps execution. While the arm
+  holds, the frame of this tick is as good, so the request goes out at once. Without ``plan_ahead`` the request is
+  made at the tick from the frame taken before that tick's action, and the chunk's first row is usually late;
 * it splices an arrived chunk in from the current tick on. How the boundary is handled is a setting:
   ``none`` (the new chunk, planned from the newest observation and state, takes over; the confidence monitor's
   jerk check guards the junction), ``freeze`` (the actions that run while inference is in flight are passed as a
@@ -159,6 +164,7 @@ class ChunkScheduler:
         boundary: Literal["none", "freeze", "blend"] = "none",
         blend_steps: int = 3,
         expected_delay_ticks: int = 1,
+        plan_ahead: bool = True,
     ) -> None:
         if not 1 <= replan_when_remaining < horizon:
             raise ValueError(f"replan_when_remaining must be in [1, {horizon - 1}], got {replan_when_remaining}")
@@ -169,6 +175,7 @@ class ChunkScheduler:
         self._boundary = boundary
         self._blend_steps = blend_steps
         self._delay_ticks = max(1, expected_delay_ticks)
+        self._plan_ahead = plan_ahead
         self._timeline: dict[int, np.ndarray] = {}
         self._blocked: PlannedChunk | None = None
         self._worker = _InferenceWorker(planner)
@@ -211,14 +218,24 @@ class ChunkScheduler:
             del self._timeline[stale]
             self.counters.late_dropped += 1
 
-        self._maybe_request(tick)
+        if not self._plan_ahead:
+            self._maybe_request(tick)
 
         action = self._timeline.pop(tick, None)
         if action is None:
+            if self._plan_ahead:
+                # The arm does not move during this tick, so this tick's frame already shows where it will be.
+                self._maybe_request(tick + 1)
             reason: HoldReason = "no_chunk" if self.counters.inference_errors == 0 else "inference_error"
             return self._hold(tick, reason, new_chunk, rejected)
         self.counters.actions_sent += 1
         return TickDecision(tick=tick, action=action, new_chunk=new_chunk, rejected_chunk=rejected)
+
+    def plan_ahead(self, next_tick: int) -> None:
+        """Between ticks, after the action of ``next_tick - 1`` was sent and a frame showing it has arrived: ask
+        for the chunk starting at ``next_tick`` if the timeline runs short. No-op unless ``plan_ahead`` is set."""
+        if self._plan_ahead and self._blocked is None:
+            self._maybe_request(next_tick)
 
     def _hold(
         self, tick: int, reason: HoldReason, new_chunk: PlannedChunk | None, rejected: PlannedChunk | None
@@ -259,6 +276,7 @@ class ChunkScheduler:
         self._timeline.update(fresh)
 
     def _maybe_request(self, tick: int) -> None:
+        """Ask for a chunk whose first action is due at ``tick`` if fewer than enough actions are left from there."""
         if self._worker.busy or self._blocked is not None:
             return
         if self.remaining(tick) > self._replan_when_remaining:
@@ -295,6 +313,13 @@ class RateLoop:
         self.tick += 1 + int(missed)
         self._next_ns += self.period_ns * (1 + int(missed))
         return int(lateness)
+
+    def wait_phase(self, fraction: float) -> None:
+        """Sleep until ``fraction`` of the current tick's period has passed (at once if it already has)."""
+        target = self._next_ns - int(self.period_ns * (1.0 - fraction))
+        now = time.monotonic_ns()
+        if now < target:
+            time.sleep((target - now) / 1e9)
 
 
 log = logging.getLogger(__name__)

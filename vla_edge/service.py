@@ -220,6 +220,7 @@ class Daemon:
                 replan_when_remaining=min(s.scheduler.replan_when_remaining, manifest.horizon - 1),
                 boundary=s.scheduler.boundary,
                 blend_steps=s.scheduler.blend_steps,
+                plan_ahead=s.scheduler.plan_ahead,
                 max_frame_age_ms=s.camera.max_frame_age_ms,
                 step_timeout_s=s.task.step_timeout_s,
                 state_dim=manifest.state_dim,

@@ -45,20 +45,27 @@ def _ramp(tick: int) -> np.ndarray:
     return np.full(A, float(tick), np.float32)
 
 
+def _drive(sched: ChunkScheduler, tick: int):
+    """One control tick as the executor runs it: decide, then (after the action) let the next chunk be planned."""
+    decision = sched.tick(tick)
+    if decision.action is not None:
+        sched.plan_ahead(tick + 1)
+    _wait_idle(sched)
+    return decision
+
+
 def test_first_tick_holds_then_actions_follow_their_ticks():
     with ChunkScheduler(_planner(_ramp), _observation, horizon=H, action_dim=A, replan_when_remaining=3) as sched:
-        first = sched.tick(0)
+        first = _drive(sched, 0)
         assert first.action is None and first.hold_reason == "no_chunk"
-        _wait_idle(sched)
         sent = []
         for tick in range(1, 40):
-            decision = sched.tick(tick)
+            decision = _drive(sched, tick)
             if decision.action is not None:
                 sent.append((tick, decision.action[0]))
-            _wait_idle(sched)
         # Every executed action is the one planned for exactly that tick: nothing executed late or early.
         assert sent and all(tick == value for tick, value in sent)
-        assert len(sent) >= 37
+        assert len(sent) == 39, "planning between ticks should leave no tick without an action"
         assert sched.counters.chunks_requested >= 5
 
 
@@ -79,10 +86,9 @@ def test_low_confidence_chunk_is_never_actuated_until_approved():
     ) as sched:
         actions = {}
         for tick in range(0, 30):
-            decision = sched.tick(tick)
+            decision = _drive(sched, tick)
             if decision.action is not None:
                 actions[tick] = decision.action
-            _wait_idle(sched)
         assert sched.blocked is not None and sched.counters.chunks_rejected == 1
         rejected_start = sched.blocked.request.start_tick
         assert all(a[0] < 1000 for a in actions.values()), "an action of the rejected chunk ran"
@@ -100,8 +106,7 @@ def test_prefix_carries_the_committed_actions():
         boundary="freeze", expected_delay_ticks=2,
     ) as sched:
         for tick in range(0, 12):
-            sched.tick(tick)
-            _wait_idle(sched)
+            _drive(sched, tick)
     later = [req for req in log if req.prefix.shape[0] > 0]
     assert later, "no request carried a frozen prefix"
     for req in later:
@@ -113,8 +118,7 @@ def test_no_prefix_unless_freezing():
     log: list[InferenceRequest] = []
     with ChunkScheduler(_planner(_ramp, log=log), _observation, horizon=H, action_dim=A) as sched:
         for tick in range(0, 12):
-            sched.tick(tick)
-            _wait_idle(sched)
+            _drive(sched, tick)
     assert len(log) >= 2 and all(req.prefix.shape == (0, A) for req in log)
 
 
@@ -132,10 +136,9 @@ def test_blend_smooths_a_boundary_jump():
         for tick in range(0, 20):
             if tick == 6:
                 offset["value"] = 10.0  # the next chunk disagrees with the executing one by 10
-            decision = sched.tick(tick)
+            decision = _drive(sched, tick)
             if decision.action is not None:
                 sent.append(float(decision.action[0]) - tick)
-            _wait_idle(sched)
     jumps = np.abs(np.diff(sent))
     assert sent[-1] == pytest.approx(10.0)
     assert jumps.max() < 10.0, "blend should spread the 10-unit jump over several ticks"
@@ -164,6 +167,46 @@ def test_no_observation_means_no_request_and_hold():
         for tick in range(5):
             assert sched.tick(tick).action is None
         assert sched.counters.chunks_requested == 0
+
+
+@pytest.mark.parametrize("plan_ahead", [True, False])
+def test_plan_ahead_runs_every_chunks_first_row(plan_ahead):
+    log: list[InferenceRequest] = []
+
+    def plan(request: InferenceRequest) -> PlannedChunk:
+        log.append(request)
+        chunk = np.array([[request.start_tick + i, i, 0, 0] for i in range(H)], np.float32)
+        samples = ChunkSamples(chunk[None], np.zeros(4, np.float32), request.observation.t_capture_ns)
+        return PlannedChunk(request, samples, Verdict(True, ()), chunk, latency_ms=0.0)
+
+    with ChunkScheduler(plan, _observation, horizon=H, action_dim=A, replan_when_remaining=4,
+                        plan_ahead=plan_ahead) as sched:
+        rows = []
+        for tick in range(0, 30):
+            decision = _drive(sched, tick) if plan_ahead else sched.tick(tick)
+            _wait_idle(sched)
+            if decision.action is not None:
+                assert decision.action[0] == tick
+                rows.append(int(decision.action[1]))
+    assert len(log) >= 5
+    if plan_ahead:
+        # Each chunk runs rows 0..3 (H - replan_when_remaining), planned from the frame after the last action.
+        assert rows == [0, 1, 2, 3] * (len(rows) // 4) + [0, 1, 2, 3][: len(rows) % 4]
+    else:
+        # Requested at the tick, a chunk arrives after its first tick has gone: its row 0 never runs.
+        assert 0 not in rows[1:] and rows.count(0) <= 1
+
+
+def test_rate_loop_wait_phase_lands_mid_tick():
+    loop = RateLoop(20.0)  # 50 ms period
+    loop.wait()
+    started = time.monotonic_ns()
+    loop.wait_phase(0.5)
+    waited_ms = (time.monotonic_ns() - started) / 1e6
+    assert 15.0 <= waited_ms <= 40.0
+    before = time.monotonic_ns()
+    loop.wait_phase(0.25)  # already past: returns at once
+    assert (time.monotonic_ns() - before) / 1e6 < 5.0
 
 
 def test_rate_loop_skips_rather_than_bunches():
