@@ -103,6 +103,8 @@ def machine_info() -> dict[str, Any]:
         import torch
 
         info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         info["torch"] = None
     return info
@@ -225,11 +227,15 @@ class Worker:
 
     def _read(self, timeout_s: float) -> dict[str, Any]:
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.wait(timeout=timeout_s)
-            stderr = self.process.stderr.read() if self.process.stderr else ""
-            raise BenchError(f"benchmark worker {self.name!r} exited ({self.process.returncode}): {stderr[-2000:]}")
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                self.process.wait(timeout=timeout_s)
+                stderr = self.process.stderr.read() if self.process.stderr else ""
+                raise BenchError(f"benchmark worker {self.name!r} exited ({self.process.returncode}): {stderr[-2000:]}")
+            if line.startswith("{"):
+                break
+            console.print(f"[dim]{self.name}: {line.rstrip()}[/dim]")  # a library printing to stdout, not an answer
         answer = json.loads(line)
         if "error" in answer:
             self.close()

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    part_main,
     THREADS,
     BenchConfig,
+    BenchError,
     Worker,
     console,
     instruction_for,
@@ -23,7 +23,9 @@ from bench.common import (
     latency_stats,
     machine_info,
     print_table,
+    pyplot,
     reference_bundle,
+    part_main,
     write_json,
 )
 
@@ -32,7 +34,11 @@ SAMPLES = 8
 
 
 def available_variants() -> dict[str, dict[str, Any]]:
-    """The GPU variants this machine can run, as worker specs (without the bundle fields)."""
+    """The GPU variants this machine may run, as worker specs (without the bundle fields).
+
+    A provider ONNX Runtime lists can still fail to load (TensorRT needs libnvinfer): such a variant is tried and
+    reported as unavailable with ONNX Runtime's own message, not dropped silently.
+    """
     import onnxruntime as ort
 
     providers = set(ort.get_available_providers())
@@ -52,10 +58,68 @@ def available_variants() -> dict[str, dict[str, Any]]:
                 "kind": "ort", "precision": precision, "providers": ["CUDAExecutionProvider"],
             }
     if "TensorrtExecutionProvider" in providers:
-        variants["ort-fp32-tensorrt"] = {
-            "kind": "ort", "precision": "fp32", "providers": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
-        }
+        variants["ort-fp32-tensorrt"] = {"kind": "ort", "precision": "fp32", "providers": ["TensorrtExecutionProvider"]}
     return variants
+
+
+def _save_observation(bundle: Path, path: Path) -> Path:
+    """One rendered frame and state for every worker (the same input for every variant)."""
+    import numpy as np
+
+    from hil.world import TabletopWorld
+
+    world = TabletopWorld(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, image=world.render(), state=world.state().astype(np.float32))
+    return path
+
+
+def _start_workers(variants: dict[str, dict[str, Any]], base: dict[str, Any],
+                   unavailable: dict[str, str]) -> list[Worker]:
+    """Start each variant; one that fails to start, or whose session fell back to the CPU, is reported instead."""
+    workers: list[Worker] = []
+    for name, spec in variants.items():
+        try:
+            worker = Worker.start(name, {**base, **spec})
+        except BenchError as exc:
+            unavailable[name] = str(exc)[-600:]
+            continue
+        wanted = spec.get("providers", [None])[0]
+        used = (worker.ready or {}).get("providers")
+        if wanted is not None and (not used or used[0] != wanted):
+            unavailable[name] = f"ONNX Runtime fell back to {used} (asked for {wanted})"
+            worker.close()
+            continue
+        workers.append(worker)
+    return workers
+
+
+def _measure(bundle: Path, variants: dict[str, dict[str, Any]], cfg: BenchConfig, observation: Path,
+             label: str) -> dict[str, Any]:
+    rounds, per_round = (4, 5) if cfg.quick else (20, 20)
+    base = {"bundle": str(bundle), "samples": SAMPLES, "instruction": instruction_for(bundle), "threads": THREADS,
+            "seed": 0, "observation": str(observation)}
+    unavailable: dict[str, str] = {}
+    workers = _start_workers(variants, base, unavailable)
+    try:
+        timings = interleaved_rounds(workers, rounds, per_round) if workers else {}
+    finally:
+        for worker in workers:
+            worker.close()
+    baseline = "torch-eager-fp32-cuda" if "torch-eager-fp32-cuda" in timings else None
+    rows = {name: latency_stats(ms) for name, ms in timings.items()}
+    for stats in rows.values():
+        if baseline:
+            stats["speedup_vs_torch_cuda"] = round(rows[baseline]["median_ms"] / stats["median_ms"], 2)
+    print_table(
+        f"{label} per chunk on the GPU",
+        ["variant", "median ms", "p99 ms", "speed-up vs torch eager CUDA"],
+        [[n, f"{s['median_ms']:.3f}", f"{s['p99_ms']:.3f}", f"{s.get('speedup_vs_torch_cuda', '-')}"]
+         for n, s in rows.items()]
+        + [[n, "unavailable", "-", why[:80]] for n, why in unavailable.items()],
+    )
+    return {"bundle": str(bundle), "rounds": rounds, "chunks_per_round": per_round, "variants": rows,
+            "unavailable": unavailable}
 
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
@@ -65,41 +129,50 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         result = {"part": NAME, "skipped": "no GPU on this machine", "machine": machine_info()}
         write_json(cfg.out / f"{NAME}.json", result)
         return result
+    from vla_edge.paths import REMOTE_BUNDLE_DIR
+
     bundle = reference_bundle(cfg.bundle, cfg.work)
-    instruction = instruction_for(bundle)
-    rounds, per_round = (4, 5) if cfg.quick else (20, 20)
-    console.print(f"[bold]{NAME}[/bold]: {', '.join(variants)}; {rounds} interleaved rounds")
-    workers: list[Worker] = []
-    try:
-        for name, spec in variants.items():
-            full = {**spec, "bundle": str(bundle), "samples": SAMPLES, "instruction": instruction,
-                    "threads": THREADS, "seed": 0}
-            workers.append(Worker.start(name, full))
-        timings = interleaved_rounds(workers, rounds, per_round)
-    finally:
-        for worker in workers:
-            worker.close()
-    baseline = "torch-eager-fp32-cuda" if "torch-eager-fp32-cuda" in timings else None
-    rows = {name: latency_stats(ms) for name, ms in timings.items()}
-    for name, stats in rows.items():
-        if baseline:
-            stats["speedup_vs_torch_cuda"] = round(rows[baseline]["median_ms"] / stats["median_ms"], 2)
-    result = {
+    observation = _save_observation(bundle, cfg.work / "gpu-observation.npz")
+    console.print(f"[bold]{NAME}[/bold]: {', '.join(variants)}")
+    result: dict[str, Any] = {
         "part": NAME,
         "quick": cfg.quick,
-        "bundle": str(bundle),
         "what": f"one chunk (K={SAMPLES}) on the GPU, result copied back to the host",
         "machine": machine_info(),
-        "variants": rows,
+        "reference": _measure(bundle, variants, cfg, observation, "reference policy"),
     }
-    print_table(
-        "reference policy per chunk on the GPU",
-        ["variant", "median ms", "p99 ms", "speed-up vs torch eager CUDA"],
-        [[n, f"{s['median_ms']:.3f}", f"{s['p99_ms']:.3f}", f"{s.get('speedup_vs_torch_cuda', '-')}"]
-         for n, s in rows.items()],
-    )
+    if cfg.bundle is None and (REMOTE_BUNDLE_DIR / "manifest.json").is_file():
+        # The remote tier's bigger fp32 policy is what a GPU server would host (vla-edge remote serve).
+        fp32_only = {n: v for n, v in variants.items() if v["precision"] == "fp32"}
+        result["remote"] = _measure(REMOTE_BUNDLE_DIR, fp32_only, cfg, observation, "remote-tier policy")
+    result["variants"] = result["reference"]["variants"]
     write_json(cfg.out / f"{NAME}.json", result)
+    plot(result, cfg.out)
     return result
+
+
+def plot(result: dict[str, Any], out: Path) -> None:
+    """Median and p99 per chunk for each policy measured (``result`` as written to gpu.json)."""
+    plt = pyplot()
+    if plt is None:
+        return
+    tables = [(label, result[key]) for key, label in (("reference", "reference policy"), ("remote", "remote-tier policy"))
+              if key in result and result[key]["variants"]]
+    fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 4), squeeze=False)
+    for axis, (label, table) in zip(axes[0], tables):
+        names = list(table["variants"])
+        rows = [table["variants"][n] for n in names]
+        axis.bar(names, [r["median_ms"] for r in rows], color="tab:green", label="median")
+        axis.scatter(names, [r["p99_ms"] for r in rows], color="black", marker="_", s=400, label="p99", zorder=3)
+        axis.set_ylabel("ms per chunk (K=8), result on the host")
+        axis.set_title(label)
+        axis.tick_params(axis="x", rotation=20)
+        axis.legend()
+    gpu = result.get("machine", {}).get("gpu", "GPU")
+    fig.suptitle(f"{gpu}: ONNX Runtime CUDA vs PyTorch eager CUDA, same weights, one run")
+    fig.tight_layout()
+    fig.savefig(out / f"{NAME}.png", dpi=100)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

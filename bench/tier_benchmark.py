@@ -44,14 +44,13 @@ from bench.chain_benchmark import (
 )
 from hil.harness import free_port
 from vla_edge.confidence import DEFAULT_THRESHOLDS, ChunkContext, ConfidenceMonitor, select_chunk
-from vla_edge.paths import MODELS_DIR, REFERENCE_BUNDLE_DIR
+from vla_edge.paths import REFERENCE_BUNDLE_DIR, REMOTE_BUNDLE_DIR
 from vla_edge.policy import EncodedObservation, PolicyRunner
 from vla_edge.remote import RemotePolicyClient
 from vla_edge.routing import RoutedChunk, TieredPlanner, TierMetrics, output_limits
 from vla_edge.telemetry import Metrics
 from vla_edge.types import ChunkSamples, Observation, Verdict
 
-REMOTE_BUNDLE_DIR = MODELS_DIR / "bundles" / "remote"
 
 
 @dataclass

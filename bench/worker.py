@@ -51,7 +51,7 @@ def _torch_chunk(spec: dict[str, Any]) -> Callable[[], None]:
     return chunk
 
 
-def _ort_chunk(spec: dict[str, Any]) -> Callable[[], None]:
+def _ort_chunk(spec: dict[str, Any], info: dict[str, Any]) -> Callable[[], None]:
     import onnxruntime as ort
 
     from vla_edge.bundle import load_bundle
@@ -62,6 +62,7 @@ def _ort_chunk(spec: dict[str, Any]) -> Callable[[], None]:
         bundle, precision=spec["precision"], providers=spec.get("providers") or ["CPUExecutionProvider"],
         intra_op_threads=spec["threads"], seed=spec["seed"],
     )
+    info["providers"] = runner.providers_in_use  # so the parent can tell a silent fallback to the CPU
     image, state = _observation(spec)
     runner.set_instruction(spec["instruction"])
     samples = spec["samples"]
@@ -190,20 +191,21 @@ def main(argv: list[str]) -> int:
         import onnxruntime  # noqa: F401 - so "before load" counts the runtime library, and only the model after
 
     baseline_mb = rss_mb()
+    info: dict[str, Any] = {}
     try:
         if spec["kind"] == "scale":
             calls = _scale_calls(spec)
         elif spec["kind"] == "scale_prefix":
             calls = _scale_prefix_calls(spec)
         else:
-            calls = {"chunk": {"torch": _torch_chunk, "ort": _ort_chunk}[spec["kind"]](spec)}
+            calls = {"chunk": _torch_chunk(spec) if spec["kind"] == "torch" else _ort_chunk(spec, info)}
         for call in calls.values():
             for _ in range(1 if spec["kind"].startswith("scale") else 3):  # first calls pay for lazy initialisation
                 call()
     except Exception as exc:  # reported to the parent, which raises a BenchError with this text
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return 1
-    print(json.dumps({"ready": True, "rss_before_load_mb": round(baseline_mb, 1)}), flush=True)
+    print(json.dumps({"ready": True, "rss_before_load_mb": round(baseline_mb, 1), **info}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "run":

@@ -7,3 +7,4 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
 REFERENCE_BUNDLE_DIR = MODELS_DIR / "bundles" / "reference"
+REMOTE_BUNDLE_DIR = MODELS_DIR / "bundles" / "remote"
