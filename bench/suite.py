@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib
+import json
 import time
 from typing import Any
 
@@ -26,21 +28,37 @@ def run_parts(cfg: BenchConfig, parts: list[str]) -> dict[str, Any]:
     if unknown:
         raise BenchError(f"unknown bench part(s): {', '.join(unknown)}; choose from: {', '.join(PARTS)}")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"quick": cfg.quick, "parts": {}}
+    summary = _previous_summary(cfg)
     for name in parts:
         started = time.monotonic()
         result = importlib.import_module(PARTS[name]).run(cfg)
         summary["parts"][name] = {
             "seconds": round(time.monotonic() - started, 1),
+            "finished_utc": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
             "targets_met": result.get("targets_met", {}),
             "skipped": result.get("skipped"),
         }
     write_json(cfg.out / "summary.json", summary)
     console.print("[bold]targets[/bold]")
     for name, part in summary["parts"].items():
+        if name not in parts:
+            continue
         if part["skipped"]:
             console.print(f"  {name}: skipped ({part['skipped']})")
         for target, ok in part["targets_met"].items():
             console.print(f"  {name}: {target}: {'MET' if ok else 'MISSED'}")
         console.print(f"  {name}: {part['seconds']} s")
     return summary
+
+
+def _previous_summary(cfg: BenchConfig) -> dict[str, Any]:
+    """The summary already in ``cfg.out`` from a run of the same kind (quick or full), so that running some parts
+    updates their entries and keeps the others; a fresh one otherwise."""
+    path = cfg.out / "summary.json"
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = None
+    if isinstance(previous, dict) and previous.get("quick") == cfg.quick and isinstance(previous.get("parts"), dict):
+        return previous
+    return {"quick": cfg.quick, "parts": {}}

@@ -46,3 +46,22 @@ def test_cli_rejects_an_unknown_part_without_a_traceback():
     done = subprocess.run([sys.executable, "-m", "vla_edge.cli", "bench", "--parts", "warp"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "unknown bench part" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_running_some_parts_keeps_the_other_parts_in_the_summary(tmp_path):
+    import json
+
+    from bench.common import BenchConfig
+    from bench.suite import run_parts
+
+    out = tmp_path / "results"
+    out.mkdir()
+    earlier = {"seconds": 1.0, "targets_met": {"x": True}, "skipped": None}
+    (out / "summary.json").write_text(json.dumps({"quick": True, "parts": {"scale": earlier}}))
+    summary = run_parts(BenchConfig(out=out, work=tmp_path / "work", quick=True), ["gpu"])
+    written = json.loads((out / "summary.json").read_text())
+    assert written == summary
+    assert written["parts"]["scale"] == earlier and "gpu" in written["parts"]
+    # A full run does not inherit a quick run's entries.
+    full = run_parts(BenchConfig(out=out, work=tmp_path / "work", quick=False), ["gpu"])
+    assert set(full["parts"]) == {"gpu"}
