@@ -199,7 +199,7 @@ class ActionStream:
     def _make_socket(self, kind: int, endpoint: str) -> zmq.Socket:
         assert self._ctx is not None
         sock = self._ctx.socket(kind)
-        configure_socket(sock, self._settings.heartbeat_ms, receives=True)
+        configure_socket(sock, self._settings.heartbeat_ms, receives=kind != zmq.PUB)
         if self._settings.curve:
             make_curve_server(sock, self._keys_dir)
         monitor = sock.get_monitor_socket(_MONITORED)

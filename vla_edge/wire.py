@@ -249,16 +249,27 @@ def check_security(curve: bool, endpoints: list[str]) -> None:
 
 
 def configure_socket(sock: zmq.Socket, heartbeat_ms: float, *, receives: bool) -> None:
-    """Options every stream socket gets: no linger at close, ZMTP heartbeats, an inbound size cap."""
+    """Options every stream socket gets: no linger at close, dead-connection detection, an inbound size cap."""
     hb = max(1, int(heartbeat_ms))
     sock.setsockopt(zmq.LINGER, 0)  # close never waits to flush stale commands
-    # ZMTP-level heartbeats (off by default in ZeroMQ) drop a half-open TCP connection to a dead or frozen
-    # peer, so nothing queues for it and its reconnect starts clean. They are lenient on purpose (at least
-    # ZMTP_TIMEOUT_MS): a connection torn down by a scheduling hiccup loses every message until it is back.
-    # Liveness itself is decided by the application heartbeats, within 3 intervals (see docs/wire.md).
-    sock.setsockopt(zmq.HEARTBEAT_IVL, hb)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(ZMTP_TIMEOUT_MS, 10 * hb))
-    sock.setsockopt(zmq.HEARTBEAT_TTL, max(ZMTP_TIMEOUT_MS, 10 * hb))
+    # A half-open TCP connection to a dead or frozen peer is dropped, so nothing queues for it and its reconnect
+    # starts clean. Liveness itself is decided by the application heartbeats, within 3 intervals (docs/wire.md);
+    # this only cleans up the transport, leniently (a connection torn down by a scheduling hiccup loses every
+    # message until it is back).
+    if receives:
+        # Not ZMTP heartbeats on a socket that receives: when its inbound pipe is full (a stalled reader; the
+        # controller's SUB holds one message by design) libzmq 4.3 stops reading and marks the connection
+        # failed, and the next heartbeat timer then aborts the whole process (assertion "!_io_error",
+        # stream_engine_base.cpp; libzmq issues 3937, 4364, 4767). Seen here: a controller SIGSTOPped for 1 s
+        # died on SIGCONT in 4 runs of 6. The kernel's TCP keepalive does the same clean-up without that path.
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, max(1, ZMTP_TIMEOUT_MS // 1000))
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    else:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, hb)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(ZMTP_TIMEOUT_MS, 10 * hb))
+        sock.setsockopt(zmq.HEARTBEAT_TTL, max(ZMTP_TIMEOUT_MS, 10 * hb))
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
     if receives:

@@ -64,10 +64,10 @@ def test_no_motion_before_handshake_whichever_starts_first(first, demo_settings,
 
 
 @pytest.mark.slow
-# A 1 s stall (longer than the ZMTP heartbeat timeout, so the link reconnects) is left out: on a loaded machine
-# the reconnect sometimes took over 10 s and the counter read from the lagging state report sometimes showed 2.
-# Known issue, to be investigated (see the stop's closing note); the short stall is the CONFLATE bound itself.
-@pytest.mark.parametrize("stall_s", [0.05])
+# 1 s and 2.5 s outlast the daemon PUB's ZMTP heartbeat timeout (1 s), so that link is torn down and rebuilt. They
+# used to kill the controller: libzmq aborted it on SIGCONT ("!_io_error") when a ZMTP heartbeat fired on a
+# receiving socket whose inbound pipe was full; receiving sockets now use TCP keepalive instead (vla_edge/wire.py).
+@pytest.mark.parametrize("stall_s", [0.05, 1.0, 2.5])
 def test_stalled_controller_gets_at_most_one_old_command(stall_s, demo_settings, wait):
     """SIGSTOP the controller process, send 50 commands, SIGCONT: it must receive at most one of them.
 
@@ -87,7 +87,9 @@ def test_stalled_controller_gets_at_most_one_old_command(stall_s, demo_settings,
                 daemon.send_action(values + np.array([0.0, 0.001 * (i % 3), 0.0, 0.0]), time.monotonic_ns())
                 time.sleep(stall_s / 50)
             os.kill(controller.pid, signal.SIGCONT)
-            assert wait(lambda: daemon.latest_state().t_sent_ns > time.monotonic_ns() - 50_000_000, 10.0)  # reconnect + re-handshake after a long stall; timing is not what this checks
+            fresh = wait(lambda: daemon.latest_state().t_sent_ns > time.monotonic_ns() - 50_000_000, 10.0)
+            assert controller.poll() is None, f"the controller died after SIGCONT: {controller.stdout.read()[-500:]}"
+            assert fresh, "no fresh state report within 10 s of SIGCONT"
             time.sleep(0.3)
             after = daemon.latest_state().counters
         finally:
