@@ -148,6 +148,17 @@ def pyplot():
     return plt
 
 
+def latency_bars(axis: Any, rows: dict[str, dict[str, float]], colour: str, ylabel: str, title: str) -> None:
+    """Median bars with p99 ticks, one per variant (``rows``: name → latency_stats)."""
+    names = list(rows)
+    axis.bar(names, [rows[n]["median_ms"] for n in names], color=colour, label="median")
+    axis.scatter(names, [rows[n]["p99_ms"] for n in names], color="black", marker="_", s=400, label="p99", zorder=3)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.tick_params(axis="x", rotation=20)
+    axis.legend()
+
+
 def met(value: float, target: float, higher_is_better: bool = True) -> bool:
     return bool(value >= target) if higher_is_better else bool(value <= target)
 

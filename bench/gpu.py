@@ -20,6 +20,7 @@ from bench.common import (
     console,
     instruction_for,
     interleaved_rounds,
+    latency_bars,
     latency_stats,
     machine_info,
     print_table,
@@ -160,14 +161,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
               if key in result and result[key]["variants"]]
     fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 4), squeeze=False)
     for axis, (label, table) in zip(axes[0], tables):
-        names = list(table["variants"])
-        rows = [table["variants"][n] for n in names]
-        axis.bar(names, [r["median_ms"] for r in rows], color="tab:green", label="median")
-        axis.scatter(names, [r["p99_ms"] for r in rows], color="black", marker="_", s=400, label="p99", zorder=3)
-        axis.set_ylabel("ms per chunk (K=8), result on the host")
-        axis.set_title(label)
-        axis.tick_params(axis="x", rotation=20)
-        axis.legend()
+        latency_bars(axis, table["variants"], "tab:green", "ms per chunk (K=8), result on the host", label)
     gpu = result.get("machine", {}).get("gpu", "GPU")
     fig.suptitle(f"{gpu}: ONNX Runtime CUDA vs PyTorch eager CUDA, same weights, one run")
     fig.tight_layout()

@@ -22,6 +22,7 @@ from bench.common import (
     console,
     instruction_for,
     interleaved_rounds,
+    latency_bars,
     latency_stats,
     machine_info,
     met,
@@ -167,18 +168,12 @@ def _report(result: dict[str, Any], out: Path) -> None:
     if plt is None:
         return
     names = list(result["variants"])
-    values = [result["variants"][n] for n in names]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(names, [v["median_ms"] for v in values], color="tab:blue", label="median")
-    left.scatter(names, [v["p99_ms"] for v in values], color="black", marker="_", s=400, label="p99", zorder=3)
-    left.set_ylabel("ms per chunk")
-    left.set_title("latency (lower is better)")
-    left.legend()
-    right.bar(names, [v["peak_rss_mb"] for v in values], color="tab:orange")
+    latency_bars(left, result["variants"], "tab:blue", "ms per chunk", "latency (lower is better)")
+    right.bar(names, [result["variants"][n]["peak_rss_mb"] for n in names], color="tab:orange")
     right.set_ylabel("peak RSS, MiB (whole process)")
     right.set_title("memory (lower is better)")
-    for axis in (left, right):
-        axis.tick_params(axis="x", rotation=20)
+    right.tick_params(axis="x", rotation=20)
     fig.suptitle("reference policy: PyTorch eager vs ONNX Runtime, same weights, one run")
     fig.tight_layout()
     fig.savefig(out / f"{NAME}.png", dpi=100)
