@@ -136,20 +136,36 @@ def train(
     cfg: TrainConfig,
     net_overrides: dict[str, int] | None = None,
     on_log: Callable[[int, float], None] | None = None,
+    initial: TrainResult | None = None,
+    prepare: Callable[[ReferenceVLA], None] | None = None,
 ) -> TrainResult:
-    """Train on all but a held-out set of chains; returns the EMA model and its held-out loss."""
+    """Train on all but a held-out set of chains; returns the EMA model and its held-out loss.
+
+    ``initial`` fine-tunes a trained result instead of a fresh network: a copy of its weights, its vocabulary
+    (token ids must not move) and its normalisation are kept. ``prepare`` is called on the network before the
+    EMA copy and the optimiser are made, so both see what it registers (e.g. the ternary parametrizations of
+    quantization-aware fine-tuning, models/ternary/qat.py).
+    """
+    if initial is not None and net_overrides:
+        raise ValueError("net_overrides cannot resize a network that is fine-tuned from initial")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     train_rows, held_rows = split_by_episode(demos, cfg.held_out_fraction, cfg.seed)
-    vocabulary = build_vocabulary(demos.instructions)
+    if initial is None:
+        vocabulary = build_vocabulary(demos.instructions)
+        net_cfg = NetConfig(vocab_size=len(vocabulary), **(net_overrides or {}))
+        model = ReferenceVLA(net_cfg)
+        stats = normalisation_stats(demos, train_rows, cfg.seed)
+        model.observation_encoder.set_normalisation(
+            stats["image_mean"], stats["image_std"], stats["state_mean"], stats["state_std"]
+        )
+    else:
+        vocabulary, net_cfg, stats = list(initial.vocabulary), initial.net_config, initial.normalisation
+        model = copy.deepcopy(initial.model)
     tokens_table = WordTokenizer(vocabulary).encode_padded(list(demos.instructions))
-    net_cfg = NetConfig(vocab_size=len(vocabulary), **(net_overrides or {}))
-    model = ReferenceVLA(net_cfg)
-    stats = normalisation_stats(demos, train_rows, cfg.seed)
-    model.observation_encoder.set_normalisation(
-        stats["image_mean"], stats["image_std"], stats["state_mean"], stats["state_std"]
-    )
+    if prepare is not None:
+        prepare(model)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)

@@ -5,7 +5,8 @@
 Every MatMul weight the int4 variant quantizes (input width a multiple of 32) is ternarised by absmean, as in
 BitNet b1.58: gamma = mean |W| (per output column here, which costs nothing at run time and keeps columns of
 different scale apart), W_t = clip(round(W / gamma), -1, 1), used as W_t * gamma. Post-training only: no
-fine-tuning, so the accuracy figures say what ternarising a trained policy costs as is.
+fine-tuning, so the accuracy figures say what ternarising a trained policy costs as is
+(models/ternary/qat.py fine-tunes the weights for this very rule first, then calls ``build`` on them).
 
 Two ways to run the same ternary weights, written as a bundle (a copy of the reference with two variants
 replaced, so ``PolicyRunner`` loads it unchanged):
@@ -110,8 +111,9 @@ def ternary_int2(src: Path, dst: Path) -> int:
     return len(weights)
 
 
-def build(bundle_dir: Path, out: Path) -> Path:
-    """Write the ternary bundle to ``out`` (replaced); returns it."""
+def build(bundle_dir: Path, out: Path, method: str = "post-training") -> Path:
+    """Write the ternary bundle to ``out`` (replaced); returns it. ``method`` says in the manifest where the
+    weights come from (models/ternary/qat.py passes its quantization-aware fine-tuning)."""
     from models.reference.quantize import quantize_int8
 
     source = load_bundle(bundle_dir)
@@ -153,7 +155,7 @@ def build(bundle_dir: Path, out: Path) -> Path:
         manifest.model_copy(
             update={
                 "name": f"{manifest.name}-ternary",
-                "description": "Ternary (1.58-bit) post-training variant of " + manifest.name + ": int4/ = 2-bit "
+                "description": f"Ternary (1.58-bit) {method} variant of " + manifest.name + ": int4/ = 2-bit "
                 "MatMulNBits, int8/ = int8 kernels, both holding the same ternary weights; fp32/ unchanged.",
                 "files": digests,
                 "variants": variants,
