@@ -17,6 +17,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,21 @@ class BuildConfig:
 
 
 
+def training_demos(chains: int, recovery_chains: int, perturb: float, seed: int, work: Path,
+                   on_plain_done: Callable[[], object] | None = None) -> Demos:
+    """The expert demonstrations a policy is trained on: plain chains plus perturbed recovery chains (cached in
+    ``work``); shared by the reference and remote builds so both learn from the same kind of data."""
+    demos = generate_demos(chains, seed, work / f"demos-{chains}-s{seed}.npz")
+    if on_plain_done is not None:
+        on_plain_done()
+    if recovery_chains <= 0:
+        return demos
+    recovery = generate_recovery_demos(
+        recovery_chains, seed, perturb, work / f"recovery-{recovery_chains}-p{perturb:g}-s{seed}.npz"
+    )
+    return concatenate(demos, recovery)
+
+
 def training_info(result, seed: int, threads: int) -> TrainingInfo:
     """What the manifest records about how a bundle's model was trained (shared by the reference and remote builds)."""
     return TrainingInfo(
@@ -103,6 +119,8 @@ def training_info(result, seed: int, threads: int) -> TrainingInfo:
         seed=seed,
         torch_version=torch.__version__,
         threads=threads,
+        device=result.train_config.device,
+        batch_size=result.train_config.batch_size,
     )
 
 def _quantization_text(precision: str, reports: list[QuantizationReport]) -> str:
@@ -208,16 +226,8 @@ def build(cfg: BuildConfig, console: Console) -> int:
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"demos ({cfg.chains}+{cfg.recovery_chains} chains)", total=2)
-        demos = generate_demos(cfg.chains, cfg.seed, cfg.work / f"demos-{cfg.chains}-s{cfg.seed}.npz")
-        progress.update(task, completed=1)
-        recovery = generate_recovery_demos(
-            cfg.recovery_chains,
-            cfg.seed,
-            cfg.recovery_perturb,
-            cfg.work / f"recovery-{cfg.recovery_chains}-p{cfg.recovery_perturb:g}-s{cfg.seed}.npz",
-        )
-        demos = concatenate(demos, recovery)
-        del recovery
+        demos = training_demos(cfg.chains, cfg.recovery_chains, cfg.recovery_perturb, cfg.seed, cfg.work,
+                               on_plain_done=lambda: progress.update(task, completed=1))
         progress.update(task, completed=2)
         console.log(f"demos: {len(demos)} frames from {demos.num_episodes} chains (with recovery demos)")
 

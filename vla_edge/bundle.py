@@ -180,8 +180,10 @@ class TrainingInfo(_Strict):
     demo_frames: int = Field(ge=0)
     final_loss: float
     seed: int
-    torch_version: str
+    torch_version: str  # the torch that exported the graphs
     threads: int = Field(ge=1)
+    device: str = "cpu"  # where it was trained ("cuda": a GPU)
+    batch_size: int | None = Field(None, ge=1)
 
 
 class BundleManifest(_Strict):

@@ -240,8 +240,9 @@ class ReferenceVLA(nn.Module):
     ) -> torch.Tensor:
         context = context.repeat_interleave(noise_per_obs, dim=0)
         target = actions_norm.repeat_interleave(noise_per_obs, dim=0)
-        noise = torch.randn(target.shape, generator=generator)
-        t = torch.rand(target.shape[0], generator=generator)
+        # Drawn on the CPU generator and moved, so a run on a GPU sees the same random stream as one on the CPU.
+        noise = torch.randn(target.shape, generator=generator).to(target.device)
+        t = torch.rand(target.shape[0], generator=generator).to(target.device)
         t_b = t.reshape(-1, 1, 1)
         x_t = (1.0 - t_b) * noise + t_b * target
         velocity = self.denoiser(x_t, t, context)

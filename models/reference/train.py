@@ -47,6 +47,8 @@ class TrainConfig:
     # with almost no gradient once the flow loss dominates; at 2.0 closed-loop failures were still mostly grasps
     # aimed a few centimetres off the named block.
     block_loss_weight: float = 20.0
+    # "cuda" trains on a GPU (models/remote/build.py --device cuda); the returned model is always on the CPU.
+    device: str = "cpu"
 
 
 @dataclass
@@ -110,15 +112,20 @@ class _Batches:
         )
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
+def _lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.iterations - cfg.warmup)
+    if cfg.max_seconds:
+        # With a time budget the schedule anneals by whichever ends first, so a run stopped by the clock still
+        # finishes at the low learning rate instead of being cut off mid-schedule.
+        progress = max(progress, elapsed_s / cfg.max_seconds)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
 @torch.no_grad()
-def held_out_loss(model: ReferenceVLA, batches: _Batches, noise_per_obs: int, seed: int, limit: int = 1024) -> float:
+def held_out_loss(model: ReferenceVLA, batches: _Batches, noise_per_obs: int, seed: int, limit: int = 1024,
+                  device: str = "cpu") -> float:
     model.eval()
     n = min(limit, len(batches))
     index = np.random.default_rng(seed).choice(len(batches), size=n, replace=False)
@@ -126,7 +133,8 @@ def held_out_loss(model: ReferenceVLA, batches: _Batches, noise_per_obs: int, se
     losses = []
     for start in range(0, n, 128):
         part = index[start : start + 128]
-        loss = model.flow_matching_loss(*batches.get(part)[:4], noise_per_obs=noise_per_obs, generator=generator)
+        inputs = [x.to(device) for x in batches.get(part)[:4]]
+        loss = model.flow_matching_loss(*inputs, noise_per_obs=noise_per_obs, generator=generator)
         losses.append(float(loss) * len(part))
     return sum(losses) / n
 
@@ -166,6 +174,7 @@ def train(
     tokens_table = WordTokenizer(vocabulary).encode_padded(list(demos.instructions))
     if prepare is not None:
         prepare(model)
+    model.to(cfg.device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -182,11 +191,10 @@ def train(
         if cfg.max_seconds is not None and time.monotonic() - start > cfg.max_seconds:
             break
         for group in optimiser.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = _lr_at(step, cfg, time.monotonic() - start)
         index = rng.integers(0, len(train_rows), size=cfg.batch_size)
-        flow_loss, block_loss = model.losses(
-            *train_batches.get(index), noise_per_obs=cfg.noise_per_obs, generator=generator
-        )
+        batch = [x.to(cfg.device, non_blocking=True) for x in train_batches.get(index)]
+        flow_loss, block_loss = model.losses(*batch, noise_per_obs=cfg.noise_per_obs, generator=generator)
         loss = flow_loss + cfg.block_loss_weight * block_loss
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -197,25 +205,27 @@ def train(
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                 p_ema.lerp_(p, 1.0 - decay)
-        running += float(flow_loss.detach())
+        running = running + flow_loss.detach()  # read back only when logged: no GPU sync per iteration
         if (step + 1) % cfg.log_every == 0:
-            history.append((step + 1, running / cfg.log_every))
+            mean = float(running) / cfg.log_every
+            history.append((step + 1, mean))
             if on_log is not None:
-                on_log(step + 1, running / cfg.log_every)
+                on_log(step + 1, mean)
             running = 0.0
     else:
         step = cfg.iterations - 1
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
     seconds = time.monotonic() - start
+    held_loss = held_out_loss(ema, held_batches, cfg.noise_per_obs, cfg.seed, device=cfg.device)
     return TrainResult(
-        model=ema.eval(),
+        model=ema.cpu().eval(),
         net_config=net_cfg,
         train_config=cfg,
         vocabulary=vocabulary,
         normalisation=stats,
         history=history,
-        held_out_loss=held_out_loss(ema, held_batches, cfg.noise_per_obs, cfg.seed),
+        held_out_loss=held_loss,
         seconds=seconds,
         iterations=step + 1,
         train_frames=len(train_rows),

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from models.build import _observations, latency_ms, training_info
+from models.build import _observations, latency_ms, training_demos, training_info
 from models.reference import parity
-from models.reference.data import generate_demos, split_by_episode
+from models.reference.data import split_by_episode
 from models.reference.export import GRAPH_FILES, export_fp32, graph_specs
 from models.reference.net import count_parameters
 from models.reference.stats import embedding_stats, embeddings
@@ -56,6 +56,8 @@ class RemoteBuildConfig:
     out: Path
     work: Path
     chains: int = 300
+    recovery_chains: int = 100  # perturbed chains, as the reference build (models.build.training_demos)
+    recovery_perturb: float = 0.1
     iterations: int = 6000
     batch_size: int = 64
     max_train_seconds: float | None = 1200.0
@@ -66,10 +68,13 @@ class RemoteBuildConfig:
     held_out_observations: int = 256
     threads: int = 2
     checkpoint: Path | None = None
+    device: str = "cpu"  # "cuda": train on a GPU (the export, statistics and evaluation stay on the CPU)
+    train_only: bool = False  # stop after writing the checkpoint (train on a GPU machine, export elsewhere)
 
     @classmethod
     def quick(cls, out: Path, work: Path) -> RemoteBuildConfig:
-        return cls(out=out, work=work, chains=4, iterations=30, batch_size=16, max_train_seconds=None,
+        return cls(out=out, work=work, chains=4, recovery_chains=1, iterations=30, batch_size=16,
+                   max_train_seconds=None,
                    eval_chains=1, eval_steps=2, stats_frames=128, held_out_observations=8)
 
 
@@ -127,17 +132,22 @@ def build(cfg: RemoteBuildConfig, console: Console) -> int:
     staging = cfg.work / "staging-remote-bundle"
     if staging.exists():
         shutil.rmtree(staging)
-    demos = generate_demos(cfg.chains, cfg.seed, cfg.work / f"demos-{cfg.chains}-s{cfg.seed}.npz")
+    demos = training_demos(cfg.chains, cfg.recovery_chains, cfg.recovery_perturb, cfg.seed, cfg.work)
     console.log(f"demos: {len(demos)} frames from {demos.num_episodes} chains")
     if cfg.checkpoint is not None:
         result = load_checkpoint(cfg.checkpoint)
     else:
         train_cfg = TrainConfig(iterations=cfg.iterations, batch_size=cfg.batch_size, seed=cfg.seed,
                                 threads=cfg.threads, max_seconds=cfg.max_train_seconds,
-                                log_every=min(200, max(1, cfg.iterations // 5)))
+                                log_every=min(200, max(1, cfg.iterations // 5)), device=cfg.device)
         result = train(demos, train_cfg, net_overrides=NET_OVERRIDES,
                        on_log=lambda step, loss: console.log(f"iter {step} loss {loss:.4f}"))
         save_checkpoint(result, cfg.work / "checkpoint-remote.pt")
+        if cfg.train_only:
+            console.print(f"checkpoint written to {cfg.work / 'checkpoint-remote.pt'} ({result.iterations} iterations "
+                          f"in {result.seconds:.0f} s, held-out loss {result.held_out_loss:.4f}); export it with "
+                          "--checkpoint")
+            return 0
     console.log(f"train: {count_parameters(result.model)} parameters, {result.iterations} iterations in "
                 f"{result.seconds:.0f} s, held-out loss {result.held_out_loss:.4f}")
     export_fp32(result.model, staging / "fp32")
@@ -186,10 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-chains", type=int)
     parser.add_argument("--checkpoint", type=Path, help="skip training: export this checkpoint")
     parser.add_argument("--threads", type=int, help="torch threads (default 2; 1 when sharing the cores)")
+    parser.add_argument("--chains", type=int, help="demonstration chains to train on (default 300)")
+    parser.add_argument("--recovery-chains", type=int, help="perturbed demonstration chains (default 100)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="where to train (default cpu)")
+    parser.add_argument("--train-only", action="store_true", help="stop after writing the checkpoint")
     args = parser.parse_args(argv)
     cfg = RemoteBuildConfig.quick(args.out, args.work) if args.quick else RemoteBuildConfig(args.out, args.work)
     overrides = {"iterations": args.iterations, "max_train_seconds": args.max_train_seconds,
-                 "eval_chains": args.eval_chains, "checkpoint": args.checkpoint, "threads": args.threads}
+                 "eval_chains": args.eval_chains, "checkpoint": args.checkpoint, "threads": args.threads,
+                 "chains": args.chains, "recovery_chains": args.recovery_chains, "batch_size": args.batch_size,
+                 "device": args.device,
+                 "train_only": args.train_only or None}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger().setLevel(logging.WARNING)
     return build(cfg, Console(stderr=True))

@@ -92,3 +92,15 @@ def test_quick_build_writes_a_valid_bundle(tmp_path: Path):
     assert set(manifest.variants) == {"fp32", "int8", "int4"}
     assert all(v.parity is not None for v in manifest.variants.values())
     assert manifest.training is not None and manifest.training.iterations == 30
+
+
+def test_a_time_budget_anneals_the_learning_rate_by_the_deadline():
+    from models.reference.train import TrainConfig, _lr_at
+
+    by_steps = TrainConfig(iterations=10_000, max_seconds=None)
+    by_time = TrainConfig(iterations=10_000, max_seconds=100.0)
+    # Early in the step count but at the deadline: the timed run is already at the floor (0.1 × lr).
+    assert _lr_at(1_000, by_time, elapsed_s=100.0) == pytest.approx(0.1 * by_time.lr)
+    assert _lr_at(1_000, by_steps, elapsed_s=100.0) > 0.9 * by_steps.lr
+    # Halfway through the time and a tenth through the steps: the later of the two sets the schedule.
+    assert _lr_at(1_000, by_time, elapsed_s=50.0) == pytest.approx(_lr_at(5_100, by_steps))
