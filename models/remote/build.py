@@ -44,7 +44,7 @@ from vla_edge.paths import MODELS_DIR, REMOTE_BUNDLE_DIR
 from vla_edge.tokenizer import WordTokenizer
 
 BUNDLE_NAME = "remote"
-BUNDLE_VERSION = "0.2.0"
+BUNDLE_VERSION = "0.3.0"
 # Wider and deeper than the reference (hidden 256, context 256, 2 blocks) where it is cheap to train on a CPU:
 # the trunk and the denoiser. The CNN keeps its 32 channels, which cost most of the training time per iteration.
 NET_OVERRIDES = {"hidden": 384, "context_dim": 384, "denoiser_blocks": 3}
