@@ -314,13 +314,21 @@ def instruction_for(bundle_dir: Path) -> str:
     return text
 
 
-def part_main(module: str, doc: str | None, run: Callable[[BenchConfig], object], argv: list[str] | None) -> int:
-    """The command line every bench part shares: ``python -m bench.<part> [--quick] [--out] [--work] [--bundle]``."""
+def part_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The options every bench part shares: ``python -m bench.<part> [--quick] [--out] [--work] [--bundle]``."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--work", type=Path, default=Path("models/work/bench"))
     parser.add_argument("--bundle", type=Path, default=None)
-    args = parser.parse_args(argv)
-    run(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle))
+    return parser
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle)
+
+
+def part_main(module: str, doc: str | None, run: Callable[[BenchConfig], object], argv: list[str] | None) -> int:
+    """The command line of a bench part with only the shared options."""
+    run(bench_config(part_parser(module, doc).parse_args(argv)))
     return 0

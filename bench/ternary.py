@@ -14,7 +14,6 @@ Where ternary is slower or less accurate than int8, the table says so: nothing h
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -26,11 +25,13 @@ from bench.common import (
     THREADS,
     BenchConfig,
     Worker,
+    bench_config,
     console,
     instruction_for,
     interleaved_rounds,
     latency_stats,
     machine_info,
+    part_parser,
     print_table,
     pyplot,
     reference_bundle,
@@ -230,15 +231,10 @@ def _short(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # bench.common.part_main's options plus --qat (this part only)
-    parser = argparse.ArgumentParser(prog="python -m bench.ternary", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--work", type=Path, default=Path("models/work/bench"))
-    parser.add_argument("--bundle", type=Path, default=None)
+    parser = part_parser("bench.ternary", __doc__)
     parser.add_argument("--qat", type=Path, default=QAT_DIR, help="QAT ternary bundle, or models.ternary.qat's --out")
     args = parser.parse_args(argv)
-    run(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle), qat=args.qat)
+    run(bench_config(args), qat=args.qat)
     return 0
 
 
