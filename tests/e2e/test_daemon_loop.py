@@ -103,11 +103,16 @@ def test_stalled_camera_holds_the_arm_and_stalls_the_step(tmp_path):
                              task={"step_timeout_s": 4.0}, confidence={"enabled": False})
         with Daemon(settings) as daemon:
             assert daemon.wait_for_controller(15.0) and daemon.wait_for_camera(10.0)
-            instruction = "put the red block in the left bin"
+            # Red starts in the left bin in this layout: moving it to the right bin takes well over a second.
+            instruction = "put the red block in the right bin"
             stalled_at: list[int] = []
+            started_ns = time.monotonic_ns()
 
             def stall_camera_soon() -> None:
-                time.sleep(1.0)
+                # Stall once the arm is moving under the policy, whatever the start-up took.
+                deadline = time.monotonic() + 10.0
+                while robot.executed_since(started_ns) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 stalled_at.append(time.monotonic_ns())
                 robot.robot.publish_frames = False
 
