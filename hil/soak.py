@@ -257,11 +257,13 @@ def run_soak(duration_s: float = 60.0, rate_hz: float = 50.0, *, segment_s: floa
                     phase_of_seq[seq] = name
                 segment += 1
             proxy.set_faults(Faults())
+            t_stop_daemon = time.monotonic_ns()
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=10)
             # Let the last commands land and be decided: a command the proxy is still delaying arrives up to the
             # largest injected delay later (the former fixed 0.5 s equalled that delay and lost one, rarely).
-            time.sleep(max(f.delay_max_ms for _, f in PHASES) / 1000.0 + 0.5)
+            max_delay_ms = max(f.delay_max_ms for _, f in PHASES)
+            time.sleep(max_delay_ms / 1000.0 + 0.5)
             loop.stop()
             t_stop = time.monotonic_ns()
         finally:
@@ -283,6 +285,7 @@ def run_soak(duration_s: float = 60.0, rate_hz: float = 50.0, *, segment_s: floa
     per_phase: dict[str, Counter[str]] = {}
     unaccounted = []
     highest_seen = max(outcomes, default=-1)
+    shutdown_window_start = t_stop_daemon - int(max_delay_ms * 1e6) - 2 * int(1e9 / rate_hz)
     for seq in sent:
         seen = outcomes.get(seq, [])
         fate = proxy.ledger.get(seq, [])
@@ -295,6 +298,12 @@ def run_soak(duration_s: float = 60.0, rate_hz: float = 50.0, *, segment_s: floa
         elif fate and seq < highest_seen:
             # forwarded, never read, and a newer one was: replaced in the conflating one-slot socket buffer
             category = "overtaken in receive buffer"
+        elif sent[seq][0] >= shutdown_window_start:
+            # Sent just before the daemon stopped and never decided: either still in its socket when it closed
+            # (LINGER 0 on purpose: a stopping daemon never flushes stale commands) or, held by the proxy's
+            # delay, replaced in the controller's one-slot conflating buffer by the daemon's final Hold, which
+            # carries no sequence number for the check above to see.
+            category = "at daemon shutdown"
         else:
             category = "unaccounted"
             unaccounted.append(seq)
