@@ -33,6 +33,7 @@ class BenchConfig:
     work: Path
     quick: bool = False
     bundle: Path | None = None
+    threads: int = THREADS  # intra-op threads of every variant (the same for all: a fair comparison)
 
 
 class BenchError(VlaEdgeError):
@@ -214,7 +215,8 @@ class Worker:
     def start(cls, name: str, spec: dict[str, Any], timeout_s: float = 600.0) -> Worker:
         env = dict(os.environ)
         # Only the thread count we set: no oversubscription by OpenMP/MKL pools inside torch or numpy.
-        env.update({"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "PYTHONUNBUFFERED": "1"})
+        threads = str(spec.get("threads", THREADS))
+        env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"})
         process = subprocess.Popen(
             [sys.executable, "-m", "bench.worker", json.dumps(spec)],
             stdin=subprocess.PIPE,
@@ -321,11 +323,12 @@ def part_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--work", type=Path, default=Path("models/work/bench"))
     parser.add_argument("--bundle", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"intra-op threads per variant (default {THREADS})")
     return parser
 
 
 def bench_config(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle)
+    return BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle, threads=args.threads)
 
 
 def part_main(module: str, doc: str | None, run: Callable[[BenchConfig], object], argv: list[str] | None) -> int:

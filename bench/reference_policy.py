@@ -16,7 +16,6 @@ from typing import Any
 
 from bench.common import (
     part_main,
-    THREADS,
     BenchConfig,
     Worker,
     console,
@@ -42,8 +41,8 @@ QUANTIZED = ("ort-int8", "ort-int4")
 CAMERA_LIBRARY = "cv2"  # the daemon's camera imports OpenCV whatever runs the policy: measured as an add-on
 
 
-def _spec(variant: str, bundle: Path, instruction: str, observation: Path) -> dict[str, Any]:
-    base = {"bundle": str(bundle), "samples": SAMPLES, "instruction": instruction, "threads": THREADS, "seed": 0,
+def _spec(variant: str, bundle: Path, instruction: str, observation: Path, threads: int) -> dict[str, Any]:
+    base = {"bundle": str(bundle), "samples": SAMPLES, "instruction": instruction, "threads": threads, "seed": 0,
             "observation": str(observation)}
     if variant == "torch-eager-fp32":
         return {**base, "kind": "torch", "precision": "fp32"}
@@ -60,7 +59,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     bundle = reference_bundle(cfg.bundle, cfg.work)
     instruction = instruction_for(bundle)
     rounds, per_round = (6, 4) if cfg.quick else (30, 10)
-    console.print(f"[bold]{NAME}[/bold]: {bundle}, K={SAMPLES}, {THREADS} threads, {rounds} interleaved rounds")
+    console.print(f"[bold]{NAME}[/bold]: {bundle}, K={SAMPLES}, {cfg.threads} threads, {rounds} interleaved rounds")
 
     from bench.torch_reference import TorchChunkRunner, parity_max_abs
     from hil.world import TabletopWorld
@@ -70,7 +69,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
     loaded = load_bundle(bundle)
     world = TabletopWorld(0)
-    parity = parity_max_abs(loaded, TorchChunkRunner(loaded, THREADS), world.render(), world.state(), instruction)
+    parity = parity_max_abs(loaded, TorchChunkRunner(loaded, cfg.threads), world.render(), world.state(), instruction)
     # Workers read this observation instead of rendering one: a policy process needs no simulator.
     observation = cfg.work / "observation.npz"
     observation.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +78,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     workers: list[Worker] = []
     try:
         for variant in VARIANTS:
-            workers.append(Worker.start(variant, _spec(variant, bundle, instruction, observation)))
+            workers.append(Worker.start(variant, _spec(variant, bundle, instruction, observation, cfg.threads)))
         timings = interleaved_rounds(workers, rounds, per_round)
         memory = {
             w.name: {**w.request(op="memory"), "rss_before_load_mb": (w.ready or {}).get("rss_before_load_mb")}
@@ -131,7 +130,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "same_weights_max_abs_action_diff_torch_vs_ort_fp32": parity,
         "rounds": rounds,
         "chunks_per_round": per_round,
-        "machine": machine_info(),
+        "machine": {**machine_info(), "threads": cfg.threads},
         "variants": variants,
         "best_quantized": best,
         "targets_met": targets,
@@ -157,7 +156,7 @@ def _report(result: dict[str, Any], out: Path) -> None:
         )
     caption = "; ".join(f"{k}: {'MET' if ok else 'MISSED'}" for k, ok in result["targets_met"].items())
     print_table(
-        f"reference policy per chunk (K={SAMPLES}, {THREADS} threads, interleaved, same weights: "
+        f"reference policy per chunk (K={SAMPLES}, {result['machine']['threads']} threads, interleaved, same weights: "
         f"max |torch-ort| {result['same_weights_max_abs_action_diff_torch_vs_ort_fp32']:.1e})",
         ["variant", "median ms", "p99 ms", "speed-up", "peak RSS MiB", "RSS ratio", "+ OpenCV MiB (ratio)", "graphs MB"],
         rows,

@@ -26,6 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="JSON + PNG go here")
     parser.add_argument("--work", type=Path, default=Path("models/work/bench"), help="scratch (built models)")
     parser.add_argument("--bundle", type=Path, default=None, help="bundle to measure (default: the reference)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="intra-op threads per variant, the same for all (default 2; parts other than "
+                        "the reference policy keep 2)")
     parser.set_defaults(func=run)
 
 
@@ -38,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
             f"the benchmarks are not importable ({exc}); run from a source checkout installed with "
             "`pip install -e '.[dev]'`"
         ) from None
-    run_parts(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle), list(args.parts))
+    config = BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle, threads=args.threads)
+    run_parts(config, list(args.parts))
     return 0
