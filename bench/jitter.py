@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
-    THREADS,
     BenchConfig,
     BenchError,
+    bench_config,
     console,
     instruction_for,
     machine_info,
     met,
+    part_parser,
     print_table,
     pyplot,
     reference_bundle,
@@ -86,13 +87,13 @@ def controller_main(spec: dict[str, Any]) -> int:
 class _BusyPolicy:
     """Runs the policy back to back in a thread; the newest chunk wins a size-1 slot."""
 
-    def __init__(self, bundle: Path, instruction: str) -> None:
+    def __init__(self, bundle: Path, instruction: str, threads: int) -> None:
         from hil.world import TabletopWorld
         from vla_edge.bundle import load_bundle
         from vla_edge.policy import PolicyRunner
 
         self._runner = PolicyRunner(
-            load_bundle(bundle), precision="int8", providers=["CPUExecutionProvider"], intra_op_threads=THREADS
+            load_bundle(bundle), precision="int8", providers=["CPUExecutionProvider"], intra_op_threads=threads
         )
         world = TabletopWorld(0)
         self._image, self._state, self._instruction = world.render(), world.state(), instruction
@@ -188,7 +189,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
     command, state = _free_endpoint(), _free_endpoint()
     load_before = [round(v, 2) for v in os.getloadavg()]  # other jobs on the machine delay ticks too: say how busy
-    policy = _BusyPolicy(bundle, instruction_for(bundle))
+    policy = _BusyPolicy(bundle, instruction_for(bundle), cfg.threads)
     controller = subprocess.Popen(
         [sys.executable, "-m", "bench.jitter", "--controller", json.dumps({"command": command, "state": state})],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -219,6 +220,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "on_time_means": f"tick started within {ON_TIME_FRACTION:.0%} of the period ({ON_TIME_FRACTION * period_ms:.1f} ms)",
         "inference": {
             "variant": "int8, K=8, back to back",
+            "intra_op_threads": cfg.threads,
             "chunks": policy.chunks,
             "median_chunk_ms": round(float(np.median(policy.latencies_ms)), 3) if policy.latencies_ms else None,
         },
@@ -301,16 +303,12 @@ def _report(result: dict[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.jitter", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--work", type=Path, default=Path("models/work/bench"))
-    parser.add_argument("--bundle", type=Path, default=None)
+    parser = part_parser("bench.jitter", __doc__)
     parser.add_argument("--controller", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.controller:
         return controller_main(json.loads(args.controller))
-    run(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle))
+    run(bench_config(args))
     return 0
 
 
