@@ -73,6 +73,7 @@ class QatConfig:
     held_out_observations: int = 256
     log_every: int = 100
     cache_demos: bool = True
+    device: str = "cpu"  # "cuda": fine-tune on a GPU (export and statistics stay on the CPU)
 
     @classmethod
     def quick(cls, out: Path, **overrides: object) -> QatConfig:
@@ -211,6 +212,7 @@ def train_config(cfg: QatConfig, iterations: int | None = None) -> TrainConfig:
         threads=cfg.threads,
         max_seconds=cfg.max_seconds,
         log_every=cfg.log_every,
+        device=cfg.device,
     )
 
 
@@ -352,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, help=f"peak learning rate (default {QatConfig.lr})")
     parser.add_argument("--max-seconds", type=float, help="stop fine-tuning when this budget is spent")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chains", type=int, help=f"demo chains (default {QatConfig.chains}, the reference's)")
+    parser.add_argument("--recovery-chains", type=int, help=f"recovery chains (default {QatConfig.recovery_chains})")
+    parser.add_argument("--batch-size", type=int, help=f"default {QatConfig.batch_size}")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="where to fine-tune (default cpu)")
     parser.add_argument("--quick", action="store_true", help="a few iterations on two fresh chains (seconds)")
     args = parser.parse_args(argv)
     overrides = {
@@ -362,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "max_seconds": args.max_seconds,
         "seed": args.seed,
+        "chains": args.chains,
+        "recovery_chains": args.recovery_chains,
+        "batch_size": args.batch_size,
+        "device": args.device,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     cfg = QatConfig.quick(args.out, **overrides) if args.quick else QatConfig(out=args.out, **overrides)
