@@ -307,6 +307,19 @@ def reference_bundle(explicit: Path | None, work: Path) -> Path:
     return quick
 
 
+def save_observation(path: Path, world: Any = None) -> Path:
+    """One rendered frame and state that every worker reads (``spec["observation"]``) instead of rendering its own:
+    a policy process needs no simulator, and every variant gets the same input. ``world``: a TabletopWorld, else
+    layout 0."""
+    if world is None:
+        from hil.world import TabletopWorld
+
+        world = TabletopWorld(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, image=world.render(), state=world.state().astype(np.float32))
+    return path
+
+
 def instruction_for(bundle_dir: Path) -> str:
     """An instruction every reference bundle knows (all its words are in the vocabulary)."""
     from vla_edge.bundle import load_bundle

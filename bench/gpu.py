@@ -27,6 +27,7 @@ from bench.common import (
     pyplot,
     reference_bundle,
     part_main,
+    save_observation,
     write_json,
 )
 
@@ -61,18 +62,6 @@ def available_variants() -> dict[str, dict[str, Any]]:
     if "TensorrtExecutionProvider" in providers:
         variants["ort-fp32-tensorrt"] = {"kind": "ort", "precision": "fp32", "providers": ["TensorrtExecutionProvider"]}
     return variants
-
-
-def _save_observation(bundle: Path, path: Path) -> Path:
-    """One rendered frame and state for every worker (the same input for every variant)."""
-    import numpy as np
-
-    from hil.world import TabletopWorld
-
-    world = TabletopWorld(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, image=world.render(), state=world.state().astype(np.float32))
-    return path
 
 
 def _start_workers(variants: dict[str, dict[str, Any]], base: dict[str, Any],
@@ -133,7 +122,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     from vla_edge.paths import REMOTE_BUNDLE_DIR
 
     bundle = reference_bundle(cfg.bundle, cfg.work)
-    observation = _save_observation(bundle, cfg.work / "gpu-observation.npz")
+    observation = save_observation(cfg.work / "gpu-observation.npz")
     console.print(f"[bold]{NAME}[/bold]: {', '.join(variants)}")
     result: dict[str, Any] = {
         "part": NAME,

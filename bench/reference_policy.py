@@ -29,6 +29,7 @@ from bench.common import (
     pyplot,
     reference_bundle,
     require_torch,
+    save_observation,
     write_json,
 )
 
@@ -65,15 +66,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     from hil.world import TabletopWorld
     from vla_edge.bundle import load_bundle
 
-    import numpy as np
-
     loaded = load_bundle(bundle)
     world = TabletopWorld(0)
     parity = parity_max_abs(loaded, TorchChunkRunner(loaded, cfg.threads), world.render(), world.state(), instruction)
-    # Workers read this observation instead of rendering one: a policy process needs no simulator.
-    observation = cfg.work / "observation.npz"
-    observation.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(observation, image=world.render(), state=world.state().astype(np.float32))
+    observation = save_observation(cfg.work / "observation.npz", world)
 
     workers: list[Worker] = []
     try:
