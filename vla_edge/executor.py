@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vla_edge.camera import CameraStatus, FrameSource
+from vla_edge.camera import FrameSource
 from vla_edge.confidence import ChunkContext, ConfidenceMonitor, select_chunk
 from vla_edge.operator.escalation import TeleopChannel
 from vla_edge.policy import PolicyRunner
@@ -142,7 +142,7 @@ class PolicyStepExecutor:
             lateness = loop.wait()
             self._pull_frame()
             camera_status = self.camera.status
-            if camera_status not in (CameraStatus.OK, CameraStatus.STARTING):
+            if not camera_status.live:
                 # Blind: nothing committed earlier may run either. The step stalls unless the camera recovers.
                 self._scheduler.reset()
                 decision = TickDecision(tick=loop.tick, action=None, hold_reason=f"camera_{camera_status.value}")
@@ -172,7 +172,7 @@ class PolicyStepExecutor:
                 # Half a tick on, the newest frame shows the action just sent: plan the next chunk from it.
                 loop.wait_phase(0.5)
                 self._pull_frame()
-                if self.camera.status in (CameraStatus.OK, CameraStatus.STARTING):
+                if self.camera.status.live:
                     self._scheduler.plan_ahead(loop.tick + 1)
 
     def teleoperate(

@@ -43,6 +43,11 @@ class CameraStatus(str, enum.Enum):
     ENDED = "ended"  # a video file reached its end (and loop_file is off)
     CLOSED = "closed"  # close() was called
 
+    @property
+    def live(self) -> bool:
+        """Frames are arriving or about to: the states in which what the camera shows may be acted on."""
+        return self in (CameraStatus.OK, CameraStatus.STARTING)
+
 
 @runtime_checkable
 class FrameSource(Protocol):
@@ -220,7 +225,7 @@ class GrabberSource(ABC):
 
     def _stall_check_locked(self, now_ns: int) -> None:
         # Checked by whoever looks (caller or grabber), so a grabber blocked inside a read cannot hide a stall.
-        if self._status not in (CameraStatus.OK, CameraStatus.STARTING):
+        if not self._status.live:
             return
         since = self._last_arrival_ns if self._status is CameraStatus.OK else self._status_since_ns
         silent_ms = (now_ns - since) / _NS_PER_MS
