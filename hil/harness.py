@@ -194,5 +194,21 @@ class SimulatedOperator:
                 return
 
 
+def run_task_with_simulated_operator(
+    daemon, sim: SimChannel, task_id: str, instructions: list[str], delay_s: float = 0.1
+) -> tuple[object, StepJudge]:
+    """Run ``instructions`` as one task on ``daemon`` (a `vla_edge.service.Daemon`) with a `SimulatedOperator`
+    answering its escalations; returns the task result and the judge that scored every step."""
+    from vla_edge.task import TaskSpec
+
+    judge = StepJudge(sim)
+    operator = SimulatedOperator(daemon.escalations, daemon.teleop, sim, judge, instructions, delay_s).start()
+    try:
+        result = daemon.run_task(TaskSpec(task_id, tuple(instructions)), threading.Event(), events=judge.on_event)
+    finally:
+        operator.stop()
+    return result, judge
+
+
 def _clip(value: float, bound: float = 0.1) -> float:
     return float(max(-bound, min(bound, value)))

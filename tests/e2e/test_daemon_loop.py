@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hil.harness import SimPorts, SimRobotProcess, SimulatedOperator, StepJudge
+from hil.harness import SimPorts, SimRobotProcess, run_task_with_simulated_operator
 from hil.sim_robot import SimEndpoints, SimRobot
 from vla_edge.config import StreamSettings, load_settings
 from vla_edge.paths import REFERENCE_BUNDLE_DIR
 from vla_edge.service import Daemon
-from vla_edge.task import TaskSpec
 
 pytestmark = pytest.mark.slow
 
@@ -74,14 +73,7 @@ def test_daemon_runs_a_chain_on_the_simulated_arm(tmp_path):
         with Daemon(settings) as daemon:
             assert daemon.wait_for_controller(15.0), "no controller handshake"
             assert daemon.wait_for_camera(10.0), "no camera frame"
-            instructions = sim.chain(3, seed=5)
-            judge = StepJudge(sim)
-            operator = SimulatedOperator(daemon.escalations, daemon.teleop, sim, judge, instructions, 0.1).start()
-            try:
-                result = daemon.run_task(TaskSpec("e2e-chain", tuple(instructions)), threading.Event(),
-                                         events=judge.on_event)
-            finally:
-                operator.stop()
+            result, judge = run_task_with_simulated_operator(daemon, sim, "e2e-chain", sim.chain(3, seed=5))
             counters = daemon.executor.scheduler.counters
             state = daemon.stream.latest_state()
         sim.close()

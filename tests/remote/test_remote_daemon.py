@@ -3,14 +3,11 @@ shows the tier as degraded, and the metrics count each tier's calls. Real socket
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
-from hil.harness import SimRobotProcess, SimulatedOperator, StepJudge, free_port
+from hil.harness import SimRobotProcess, free_port, run_task_with_simulated_operator
 from vla_edge.config import load_settings
 from vla_edge.service import Daemon
-from vla_edge.task import TaskSpec
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +34,7 @@ def test_daemon_with_the_remote_tier_down_completes_its_task_on_the_local_tier(b
             assert daemon.executor.router is not None
             assert daemon.console_model.state().remote.startswith("degraded"), daemon.console_model.state().remote
             assert daemon.wait_for_controller(15.0) and daemon.wait_for_camera(10.0)
-            instructions = sim.chain(2, seed=5)
-            judge = StepJudge(sim)
-            operator = SimulatedOperator(daemon.escalations, daemon.teleop, sim, judge, instructions, 0.1).start()
-            try:
-                result = daemon.run_task(TaskSpec("remote-down", tuple(instructions)), threading.Event(),
-                                         events=judge.on_event)
-            finally:
-                operator.stop()
+            result, judge = run_task_with_simulated_operator(daemon, sim, "remote-down", sim.chain(2, seed=5))
             snapshot = daemon.metrics.metrics.snapshot()
             remote_text = daemon.console_model.state().remote
         sim.close()
