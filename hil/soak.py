@@ -78,17 +78,29 @@ def run_daemon(settings: StreamSettings, rate_hz: float, ledger: Path | None, ke
     return 0
 
 
-def run_controller(settings: StreamSettings, rate_hz: float, keys_dir: Path | None) -> int:
+def run_controller(settings: StreamSettings, rate_hz: float, keys_dir: Path | None,
+                   ledger: Path | None = None) -> int:
+    """The controller peer. With ``ledger``: at exit, writes when each command was actuated (this process's
+    monotonic clock), its counters and its clock-offset estimate, so a test can check actuations against the
+    deadlines in the daemon peer's ledger (both namespaces of `hil.netns` share one monotonic clock)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     period_ns = int(1e9 / rate_hz)
+    executed: list[tuple[int, int]] = []
     with ControllerClient(settings, LIMITS, START, keys_dir=keys_dir) as client:
         next_tick = time.monotonic_ns()
         while not stop.is_set():
             setpoint = client.next_setpoint()
+            if not setpoint.holding:
+                executed.append((setpoint.seq, time.monotonic_ns()))
             client.report(setpoint.values)  # a perfect motor: actual == setpoint
             next_tick += period_ns
             stop.wait(max(0.0, (next_tick - time.monotonic_ns()) / 1e9))
+        if ledger is not None:
+            ledger.write_text(json.dumps({
+                "executed": executed, "counters": client.counters(), "offset_ns": client.clock.offset_ns,
+                "round_trip_ns": client.clock.round_trip_ns,
+            }))
     return 0
 
 
@@ -346,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = StreamSettings.model_validate_json(args.settings)
     if args.role == "daemon":
         return run_daemon(settings, args.rate_hz, args.ledger, args.keys_dir)
-    return run_controller(settings, args.rate_hz, args.keys_dir)
+    return run_controller(settings, args.rate_hz, args.keys_dir, args.ledger)
 
 
 if __name__ == "__main__":

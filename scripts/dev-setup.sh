@@ -10,6 +10,16 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# Network-fault tests between two network namespaces (tests/stream/test_stream_netns.py, hil/netns.py): ip,
+# iptables, and libnetfilter-queue + a compiler for the NetfilterQueue Python binding (built from source).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+[ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need+=(libnetfilter-queue-dev)
+# The C controller example (examples/c-controller): libzmq and msgpack-c headers.
+[ -e /usr/include/zmq.h ] || need+=(libzmq3-dev)
+[ -e /usr/include/msgpack.h ] || need+=(libmsgpack-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq
@@ -23,5 +33,7 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[netfaults]' \
+  || echo "warning: NetfilterQueue did not build (needs gcc and libnetfilter-queue-dev); network-delay cases will not run" >&2
 bash scripts/setup-triton.sh || echo "warning: Triton venv not set up; remote-tier tests will be skipped" >&2
 echo "dev environment ready: .venv"

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 DEAD_AFTER_HEARTBEATS = 3
 _CLOCK_WINDOW = 16  # clock samples kept; the one with the shortest round trip wins
+# Allowance for the two monotonic clocks running at different rates since the offset sample was taken: crystal
+# oscillators are specified to ±50-100 ppm; 200 ppm is 20 µs per 100 ms.
+CLOCK_DRIFT_PPM = 200
 
 
 class ActionLimits(BaseModel):
@@ -107,17 +110,25 @@ class Setpoint:
 
 
 class ClockOffset:
-    """Daemon clock minus controller clock, NTP-style, keeping the sample with the shortest round trip."""
+    """Daemon clock minus controller clock, NTP-style, keeping the sample with the shortest round trip.
+
+    The estimate is exact only when the link's delay is the same both ways: with one-way delays ``d_out``
+    (controller → daemon) and ``d_back`` it is off by ``(d_out - d_back) / 2``, so under asymmetric delay it can be
+    wrong by up to half the round trip. The true offset is always within ``offset_ns ± uncertainty_ns``: half the
+    round trip of the sample used plus a clock-drift allowance for its age. Deadline checks use the bound, not
+    the estimate (docs/wire.md §5).
+    """
 
     def __init__(self) -> None:
-        self._samples: deque[tuple[int, int]] = deque(maxlen=_CLOCK_WINDOW)  # (round trip, offset)
+        # (round trip, offset, controller time of the sample); the shortest round trip wins
+        self._samples: deque[tuple[int, int, int]] = deque(maxlen=_CLOCK_WINDOW)
 
     def add(self, t1: int, t2: int, t3: int, t4: int) -> None:
         """t1 sent (ours), t2 received (theirs), t3 replied (theirs), t4 received (ours)."""
         round_trip = (t4 - t1) - (t3 - t2)
         if round_trip < 0 or t4 < t1:
             return  # impossible sample (a stale echo): ignore
-        self._samples.append((round_trip, ((t2 - t1) + (t3 - t4)) // 2))
+        self._samples.append((round_trip, ((t2 - t1) + (t3 - t4)) // 2, t4))
 
     @property
     def known(self) -> bool:
@@ -130,6 +141,20 @@ class ClockOffset:
     @property
     def round_trip_ns(self) -> int:
         return min(self._samples)[0] if self._samples else 0
+
+    def uncertainty_ns(self, now_ns: int) -> int:
+        """How far the true offset may be from ``offset_ns``: half the best sample's round trip (exact bound for
+        any split of the delay between the two directions) plus ``CLOCK_DRIFT_PPM`` of the sample's age."""
+        if not self._samples:
+            return 0
+        round_trip, _, taken = min(self._samples)
+        return (round_trip + 1) // 2 + max(0, now_ns - taken) * CLOCK_DRIFT_PPM // 1_000_000
+
+    def to_local(self, due_ns: int, deadline_ns: int, now_ns: int) -> tuple[int, int]:
+        """A command's due time and deadline (daemon clock) on this clock, on the safe side of the uncertainty:
+        the due time as late and the deadline as early as the true offset could make them."""
+        offset, slack = self.offset_ns, self.uncertainty_ns(now_ns)
+        return due_ns - offset + slack, deadline_ns - offset - slack
 
 
 @dataclass
@@ -515,10 +540,9 @@ class ControllerClient:
                     self._counters["rejected_wrong_dim"] += 1
                     outcomes.append((message.seq, "rejected_wrong_dim"))
                 else:
-                    offset = self._clock.offset_ns
                     due = deadline = now
                     if isinstance(message, ActionCommand):
-                        due, deadline = message.t_due_ns - offset, message.deadline_ns - offset
+                        due, deadline = self._clock.to_local(message.t_due_ns, message.deadline_ns, now)
                     if isinstance(message, ActionCommand) and now > deadline:
                         self._counters["rejected_late"] += 1
                         outcomes.append((message.seq, "rejected_late"))
