@@ -7,7 +7,7 @@ Spec: ``{"kind": "torch" | "ort", "bundle": dir, "precision": "fp32"|"int8"|"int
 "mode": "cached"|"recomputed", "splits": [[words, patches], ...], "steps": n}`` for one scale-model chunk.
 Requests on stdin, one JSON line each: ``{"op": "run", "n": count, "what": name}`` → ``{"ms": [...]}`` (wall
 time of each call, measured here; ``what`` is "chunk" for the policies, "prefill" or "step:<horizon>" for the
-scale model), ``{"op": "memory"}`` → peak/current resident MiB, ``{"op": "import", "module": m}`` → the same after importing m,
+scale model, "prefill|chunk|steps:<words>:<patches>" for scale_prefix), ``{"op": "memory"}`` → peak/current resident MiB, ``{"op": "import", "module": m}`` → the same after importing m,
 ``{"op": "quit"}``.
 """
 
@@ -140,17 +140,24 @@ def _scale_prefix_calls(spec: dict[str, Any]) -> dict[str, Callable[[], None]]:
         else:
             feed = {"tokens": tokens, "patches": image, **empty_past(layers, head_dim)}
 
-        def chunk(feed: dict[str, np.ndarray] = feed) -> None:
-            prefix = dict(zip(names, prefill.run(None, feed), strict=True))
-            prefix.pop("prefix_hidden")
+        def steps(prefix: dict[str, np.ndarray]) -> None:
             actions = noise
             for i in range(step_count):  # Euler steps of flow matching, as the action expert runs them
                 t = np.array([1.0 - i / step_count], dtype=np.float32)
                 velocity = step.run(None, {**prefix, "noisy_actions": actions, "timestep": t})[0]
                 actions = actions - velocity / step_count
 
+        def chunk(feed: dict[str, np.ndarray] = feed) -> None:
+            prefix = dict(zip(names, prefill.run(None, feed), strict=True))
+            prefix.pop("prefix_hidden")
+            steps(prefix)
+
+        fixed_prefix = dict(zip(names, prefill.run(None, feed), strict=True))
+        fixed_prefix.pop("prefix_hidden")
         calls[f"chunk:{words}:{patches}"] = chunk
         calls[f"prefill:{words}:{patches}"] = lambda feed=feed: prefill.run(None, feed)
+        # the denoising steps alone: the same work in both modes, so their ratio is the benchmark's noise check
+        calls[f"steps:{words}:{patches}"] = lambda prefix=fixed_prefix: steps(prefix)
     return calls
 
 

@@ -74,8 +74,15 @@ def test_quick_prefix_reuse_part_times_both_modes_and_states_the_token_split(tmp
     splits = result["scale"]["splits"]
     assert {(s["instruction_tokens"], s["image_tokens"]) for s in splits.values()} == {(48, 64), (48, 256)}
     for split in splits.values():
-        assert 0 < split["cached_prefill"]["median_ms"] <= split["cached_chunk"]["median_ms"]
+        # a chunk contains a prefill; the fastest of each (the least disturbed by other jobs) keeps that order
+        assert 0 < split["cached_prefill"]["min_ms"] <= split["cached_chunk"]["min_ms"]
         # The recomputed prefix does more work (48 more tokens): it cannot be meaningfully faster.
         assert split["prefill_speedup"] > 0.8
         assert split["prefill_speedup_bound_from_tokens"] == round((48 + split["image_tokens"]) / split["image_tokens"], 3)
+        interval = split["chunk_speedup_interval"]
+        assert interval["n"] == result["scale"]["rounds"] >= 6
+        assert interval["low"] <= interval["median"] == split["chunk_speedup"] <= interval["high"]
+        assert split["verdict"] in {"MET", "MISSED", "NOT SHOWN", "NOISY"}
+        key = f"scale model, 48 instruction | {split['image_tokens']} image tokens: cached chunk >= 2.0x faster"
+        assert result["targets_met"][key] == (split["verdict"] == "MET")
     assert (out / "prefix_reuse.png").stat().st_size > 1000
