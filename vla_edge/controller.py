@@ -33,8 +33,10 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from vla_edge.config import StreamSettings
 from vla_edge.keys import CLIENT_NAME, make_curve_client
 from vla_edge.wire import (
+    DAEMON_HOLD_PREFIX,
     MAX_ACTION_DIM,
     MAX_COUNTERS,
+    SESSION_VERSION,
     ActionCommand,
     Decoder,
     Heartbeat,
@@ -52,6 +54,10 @@ from vla_edge.wire import (
 log = logging.getLogger(__name__)
 
 DEAD_AFTER_HEARTBEATS = 3
+# A command the controller refused for one of these reasons did not run although the daemon meant it to: the
+# arm is not where the daemon's plan assumes. The state report names the newest one (seq_rejected), and the
+# daemon drops the rest of that chunk and plans again from the measured position (docs/wire.md §6).
+REFUSALS = frozenset({"late", "stale", "wrong_dim", "non_finite", "out_of_limits", "over_velocity"})
 _CLOCK_WINDOW = 16  # clock samples kept; the one with the shortest round trip wins
 # Allowance for the two monotonic clocks running at different rates since the offset sample was taken: crystal
 # oscillators are specified to ±50-100 ppm; 200 ppm is 20 µs per 100 ms.
@@ -194,6 +200,8 @@ class ControllerClient:
         self._lock = threading.Lock()  # guards everything below that both threads touch
         self._position = position.copy()
         self._seq_applied = -1
+        self._seq_rejected = -1
+        self._rejected_reason = ""
         self._session: int | None = None
         self._welcomed_at_ns = 0
         self._command_channel_live = False
@@ -299,7 +307,7 @@ class ControllerClient:
                 reason = self._daemon_hold or "idle"
             elif isinstance(pending.command, Hold):
                 self._pending = None
-                self._daemon_hold = f"daemon:{pending.command.reason}"
+                self._daemon_hold = f"{DAEMON_HOLD_PREFIX}{pending.command.reason}"
                 reason = self._daemon_hold
             elif now < pending.due_local_ns:
                 reason = "waiting"
@@ -325,6 +333,7 @@ class ControllerClient:
                     outcome = (pending.seq, f"rejected_{rejection}")
             if outcome is not None:
                 self._counters[outcome[1]] += 1
+                self._note_refusal_locked(*outcome)
             self._counters[f"hold_{reason.split(':')[0]}"] += 1
             setpoint = Setpoint(values=self._position.copy(), holding=True, reason=reason, seq=-1)
             self._last_setpoint = setpoint
@@ -341,8 +350,10 @@ class ControllerClient:
             state = StateReport(
                 session=self._session, instance=self._instance, t_sent_ns=time.monotonic_ns(),
                 seq_applied=self._seq_applied, actual=values or [0.0],
-                holding=self._last_setpoint.holding, hold_reason=self._last_setpoint.reason[:64],
+                holding=self._last_setpoint.holding, hold_reason=self._last_setpoint.reason,
                 counters={k[:64]: v for k, v in counters.items()},
+                applied=[float(x) for x in self._position] if self._seq_applied >= 0 else [],
+                seq_rejected=self._seq_rejected, rejected_reason=self._rejected_reason,
             )
         with self._report_lock:
             if self._report_out is None:
@@ -380,6 +391,11 @@ class ControllerClient:
         return dict(merged)
 
     # ---- I/O thread ----
+
+    def _note_refusal_locked(self, seq: int, outcome: str) -> None:
+        why = outcome.removeprefix("rejected_")
+        if why in REFUSALS and seq > self._seq_rejected:
+            self._seq_rejected, self._rejected_reason = seq, why
 
     def _emit(self, outcome: tuple[int, str] | None) -> None:
         if outcome is not None and self._on_outcome is not None:
@@ -434,7 +450,7 @@ class ControllerClient:
             ready = self._ready
             echo_t, echo_recv = self._peer_heartbeat
         if session is None:
-            message = Hello(instance=self._instance, action_dim=self._limits.dim, t_sent_ns=now)
+            message = Hello(v=SESSION_VERSION, instance=self._instance, action_dim=self._limits.dim, t_sent_ns=now)
         else:
             message = Heartbeat(
                 session=session, instance=self._instance, ready=ready, t_sent_ns=now,
@@ -475,11 +491,18 @@ class ControllerClient:
             log.error("daemon sends %d action values, this controller has limits for %d; not accepting it",
                       welcome.action_dim, self._limits.dim)
             return
+        if welcome.v >= 2:
+            # The daemon's timing is the one to use: it decides when commands go stale and how often it beats.
+            assert welcome.heartbeat_ms is not None and welcome.stale_after_ms is not None
+            self._heartbeat_ns = int(welcome.heartbeat_ms * 1e6)
+            self._stale_ns = int(welcome.stale_after_ms * 1e6)
         if welcome.session != self._session:
             self._session = welcome.session
             self._ready = False
             self._command_channel_live = False
             self._highest_seq = -1
+            self._seq_applied = self._seq_rejected = -1  # sequence numbers of another session mean nothing here
+            self._rejected_reason = ""
             self._drop_pending_locked("rejected_new_session")
             self._counters["sessions"] += 1
         self._last_daemon_ns = now
@@ -539,6 +562,7 @@ class ControllerClient:
                 if isinstance(message, ActionCommand) and len(message.values) != self._limits.dim:
                     self._counters["rejected_wrong_dim"] += 1
                     outcomes.append((message.seq, "rejected_wrong_dim"))
+                    self._note_refusal_locked(message.seq, "rejected_wrong_dim")
                 else:
                     due = deadline = now
                     if isinstance(message, ActionCommand):
@@ -546,6 +570,7 @@ class ControllerClient:
                     if isinstance(message, ActionCommand) and now > deadline:
                         self._counters["rejected_late"] += 1
                         outcomes.append((message.seq, "rejected_late"))
+                        self._note_refusal_locked(message.seq, "rejected_late")
                     else:
                         if self._pending is not None and isinstance(self._pending.command, ActionCommand):
                             self._counters["superseded"] += 1

@@ -10,8 +10,15 @@ Each control tick (fixed rate, monotonic clock) it
 5. half a tick later, takes the frame that shows the action executed and lets the scheduler request the next
    chunk from it (``scheduler.plan_ahead``), so that chunk's first action is the one that runs next.
 
-A step ends when an executed action says ``done``; when a chunk fails its confidence verdict (the arm holds and
-the task runner escalates); when the step runs past ``task.step_timeout_s`` (stalled); or when asked to stop.
+A step ends when an action that says ``done`` was *actuated* (the controller's state report acknowledges it; sent
+is not enough); when a chunk fails its confidence verdict (the arm holds and the task runner escalates); when the
+step runs past ``task.step_timeout_s`` (stalled); or when asked to stop.
+
+The controller's state is trusted only while it is fresh (`ActionStream.fresh_state`): while the controller is
+dead or stale the arm is asked to hold, nothing planned earlier runs, no chunk is planned and no step completes.
+A command the controller refused (late, over-velocity, ...: the arm is not where the plan assumed) drops the rest
+of its chunk, and the next chunk is planned from the measured position; a take-over re-bases the operator's target
+on the measured position the same way (docs/wire.md §6).
 """
 
 from __future__ import annotations
@@ -32,11 +39,14 @@ from vla_edge.scheduler import ChunkScheduler, InferenceRequest, PlannedChunk, R
 from vla_edge.stream import ActionStream
 from vla_edge.task import StepReport
 from vla_edge.types import Frame, Observation, Verdict
+from vla_edge.wire import StateReport
 
 log = logging.getLogger(__name__)
 
 DONE_INDEX = 3  # the action's "step finished" flag (the reference action space: x, y, grip, done)
 GRIP_INDEX = 2
+# A controller speaking wire version 1 has no seq_rejected; its hold reason then says why a command was refused.
+_REFUSAL_REASONS = frozenset({"late", "stale", "wrong_dim", "non_finite", "out_of_limits", "over_velocity"})
 
 
 class TickObserver:
@@ -113,6 +123,7 @@ class PolicyStepExecutor:
             plan_ahead=settings.plan_ahead,
         )
         self._holding_reason: str | None = None
+        self._refusal_seen = -1  # newest seq_rejected (or refusing report) already acted on
 
     def close(self) -> None:
         self._scheduler.close()
@@ -136,16 +147,27 @@ class PolicyStepExecutor:
         started = time.monotonic_ns()
         timeout_ns = int(self.settings.step_timeout_s * 1e9)
         ticks = 0
+        done_seqs: set[int] = set()  # commands sent with the done flag; the step ends when one was actuated
         while True:
             if stop.is_set():
                 return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped")
             lateness = loop.wait()
             self._pull_frame()
             camera_status = self.camera.status
+            controller = self.stream.fresh_state()
             if not camera_status.live:
                 # Blind: nothing committed earlier may run either. The step stalls unless the camera recovers.
                 self._scheduler.reset()
                 decision = TickDecision(tick=loop.tick, action=None, hold_reason=f"camera_{camera_status.value}")
+            elif controller is None:
+                # The controller is dead or its state stale: nothing planned from its old state may run, nothing
+                # is planned, the step cannot complete. It stalls unless the controller comes back.
+                self._scheduler.reset()
+                decision = TickDecision(tick=loop.tick, action=None, hold_reason="controller_lost")
+            elif self._new_refusal(controller):
+                # The controller refused a command: the arm is not where the rest of that chunk assumes.
+                self._scheduler.reset()
+                decision = TickDecision(tick=loop.tick, action=None, hold_reason="replan_after_refusal")
             else:
                 decision = self._scheduler.tick(loop.tick)
             ticks += 1
@@ -158,9 +180,11 @@ class PolicyStepExecutor:
                 report = StepReport("low_confidence", self.latest_frame(), _figures(verdict), verdict.reason, ticks)
                 self._after_tick(decision, lateness, None, instruction, intervention=False)
                 return self._end(report, "low_confidence")
-            sent = self._send(decision)
+            sent, seq = self._send(decision)
             self._after_tick(decision, lateness, sent, instruction, intervention=False)
-            if sent is not None and sent[DONE_INDEX] > 0.5:
+            if sent is not None and sent[DONE_INDEX] > 0.5 and seq >= 0:
+                done_seqs.add(seq)
+            if done_seqs and self.stream.actuated(done_seqs):
                 return self._end(StepReport("done", self.latest_frame(), {}, "", ticks), None)
             if time.monotonic_ns() - started > timeout_ns:
                 self._send_hold("stalled")
@@ -182,30 +206,58 @@ class PolicyStepExecutor:
             return self._teleoperate_ticks(instruction, commands, stop)
 
     def _teleoperate_ticks(self, instruction: str, commands: TeleopChannel, stop: threading.Event) -> StepReport:
+        """The operator's moves are relative: each one moves a target that starts at, and after any hold is put
+        back to, the measured position, so moves made while the arm could not follow (a network gap, refused
+        commands) are never replayed as a jump. No actuation for ``step_timeout_s``: the take-over stalls."""
         self._begin(instruction)
         loop = RateLoop(self.settings.control_rate_hz)
-        target = self._measured_state()
-        position = np.array(target[:2] if target is not None else [0.5, 0.5], dtype=np.float64)
-        grip = float(target[GRIP_INDEX]) if target is not None and target.shape[0] > GRIP_INDEX else 0.0
+        timeout_ns = int(self.settings.step_timeout_s * 1e9)
+        position: np.ndarray | None = None  # the operator's target; None: re-base on the next measured state
+        grip = 0.0
         ticks = 0
+        done_seqs: set[int] = set()
+        last_applied, progress_ns = -1, time.monotonic_ns()
         while not stop.is_set():
             lateness = loop.wait()
             self._pull_frame()
+            now = time.monotonic_ns()
+            controller = self.stream.fresh_state()
+            if controller is not None and controller.seq_applied > last_applied:
+                last_applied, progress_ns = controller.seq_applied, now
+            if controller is None or self._new_refusal(controller):
+                position = None
+            if position is None and controller is not None:
+                measured = np.asarray(controller.actual, dtype=np.float64)
+                position = np.clip(measured[:2], 0.0, 1.0)
+                if measured.shape[0] > GRIP_INDEX:
+                    grip = float(measured[GRIP_INDEX])
             move = commands.take()
-            if move is not None:
-                position = np.clip(position + [move.dx, move.dy], 0.0, 1.0)
-                if move.grip is not None:
-                    grip = float(move.grip)
-            done = commands.done
-            action = np.array([position[0], position[1], grip, 1.0 if done else 0.0], dtype=np.float32)
-            self.stream.send_action(action, time.monotonic_ns())
-            self._holding_reason = None
+            if move is not None and move.grip is not None:
+                grip = float(move.grip)
             ticks += 1
-            decision = TickDecision(tick=loop.tick, action=action)
-            self._after_tick(decision, lateness, action, instruction, intervention=True)
-            if done:
+            if position is None:
+                # The controller is lost: hold; the operator's moves meanwhile are not kept (the arm cannot follow).
+                self._send_hold("controller_lost")
+                decision = TickDecision(tick=loop.tick, action=None, hold_reason="controller_lost")
+                self._after_tick(decision, lateness, None, instruction, intervention=True)
+            else:
+                if move is not None:
+                    position = np.clip(position + [move.dx, move.dy], 0.0, 1.0)
+                done = commands.done
+                action = np.array([position[0], position[1], grip, 1.0 if done else 0.0], dtype=np.float32)
+                seq = self.stream.send_action(action, now)
+                self._holding_reason = None
+                if done and seq >= 0:
+                    done_seqs.add(seq)
+                decision = TickDecision(tick=loop.tick, action=action)
+                self._after_tick(decision, lateness, action, instruction, intervention=True)
+            if done_seqs and self.stream.actuated(done_seqs):
                 return self._end(StepReport("done", self.latest_frame(), {}, "operator finished the step", ticks),
                                  None)
+            if time.monotonic_ns() - progress_ns > timeout_ns:
+                why = (f"take-over: no command actuated for {self.settings.step_timeout_s:g} s "
+                       f"({'controller lost' if controller is None else 'last hold: ' + controller.hold_reason})")
+                return self._end(StepReport("stalled", self.latest_frame(), {}, why, ticks), "stalled")
         return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped")
 
     def hold(self, reason: str) -> None:
@@ -241,10 +293,24 @@ class PolicyStepExecutor:
                 self._frame = None  # never plan on, show or record a stale frame
 
     def _measured_state(self) -> np.ndarray | None:
-        report = self.stream.latest_state()
+        """The controller's measured state, only while it is alive and reporting (never a frozen one)."""
+        report = self.stream.fresh_state()
         if report is None:
             return None
         return np.asarray(report.actual[: self.settings.state_dim], dtype=np.float32)
+
+    def _new_refusal(self, report: StateReport) -> bool:
+        """True once per command the controller refused that this executor has not yet acted on."""
+        if report.seq_rejected is not None:  # wire version 2: the newest refused command
+            if report.seq_rejected > self._refusal_seen:  # sequence numbers are per daemon session, like ours
+                self._refusal_seen = report.seq_rejected
+                return True
+            return False
+        # version 1: a report holding for a refusal reason, newer than the last one acted on
+        if report.holding and report.hold_reason in _REFUSAL_REASONS and report.t_sent_ns > self._refusal_seen:
+            self._refusal_seen = report.t_sent_ns
+            return True
+        return False
 
     def _observe(self) -> Observation | None:
         frame = self._frame
@@ -292,15 +358,15 @@ class PolicyStepExecutor:
         for observer in self.observers:
             observer.on_chunk(planned)
 
-    def _send(self, decision: TickDecision) -> np.ndarray | None:
+    def _send(self, decision: TickDecision) -> tuple[np.ndarray | None, int]:
         if decision.action is None:
             self._send_hold(decision.hold_reason or "no_chunk")
-            return None
-        self.stream.send_action(decision.action, time.monotonic_ns())
+            return None, -1
+        seq = self.stream.send_action(decision.action, time.monotonic_ns())
         self._holding_reason = None
         with self._memory.lock:
             self._memory.last_executed = decision.action
-        return decision.action
+        return decision.action, seq
 
     def _send_hold(self, reason: str) -> None:
         if self._holding_reason != reason:  # one hold message per change of reason, not one per tick

@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from types import TracebackType
 
@@ -76,6 +76,10 @@ class ActionStream:
         self._last_rx_ns: int | None = None
         self._peer_heartbeat: tuple[int, int] = (0, 0)  # (its t_sent_ns, our receive time)
         self._state: StateReport | None = None
+        self._state_rx_ns: int | None = None
+        self._actuated: deque[int] = deque(maxlen=256)  # distinct seq_applied values reported, newest last
+        self._round_trips: deque[int] = deque(maxlen=16)  # from the controller's heartbeat echoes
+        self._last_refusal_log: dict[str, int] = {}
         self._counters: Counter[str] = Counter()
         self._decoder = Decoder("controller")
         self._stop = threading.Event()
@@ -181,6 +185,27 @@ class ActionStream:
         with self._lock:
             return self._state
 
+    def fresh_state(self, max_age_ns: int | None = None) -> StateReport | None:
+        """The latest state report if the controller is alive and the report is at most ``max_age_ns`` old
+        (default ``stale_after_ms``): what may be planned from. None while the controller is dead or stale."""
+        limit = int(self._settings.stale_after_ms * 1e6) if max_age_ns is None else max_age_ns
+        with self._lock:
+            now = time.monotonic_ns()
+            if self._state is None or self._state_rx_ns is None or not self._alive_locked(now):
+                return None
+            return self._state if now - self._state_rx_ns <= limit else None
+
+    def actuated(self, seqs: set[int] | frozenset[int]) -> bool:
+        """Whether the controller has reported actuating any of the commands ``seqs``."""
+        with self._lock:
+            return any(seq in seqs for seq in self._actuated)
+
+    def link_round_trip_ns(self) -> int | None:
+        """The shortest round trip of the last 16 heartbeat exchanges (the link's delay plus the peers' turnaround;
+        under asymmetric delay, the sum of both directions). None before the first."""
+        with self._lock:
+            return min(self._round_trips) if self._round_trips else None
+
     def controller_alive(self) -> bool:
         with self._lock:
             return self._alive_locked(time.monotonic_ns())
@@ -281,9 +306,15 @@ class ActionStream:
                 self._peer, self._instance = peer, message.instance
                 self._ready.clear()  # a (re)starting controller must finish the handshake again
                 self._last_rx_ns = now
+                timing = {}
+                if message.v >= 2:  # the timing the controller must use (docs/wire.md §4)
+                    timing = dict(heartbeat_ms=self._settings.heartbeat_ms,
+                                  stale_after_ms=self._settings.stale_after_ms,
+                                  command_ttl_ms=self._settings.command_ttl_ms)
                 welcome = Welcome(
-                    session=self._session, instance=message.instance, action_dim=self._action_dim,
-                    echo_t_ns=message.t_sent_ns, echo_recv_ns=now, t_sent_ns=time.monotonic_ns(),
+                    v=min(message.v, 2), session=self._session, instance=message.instance,
+                    action_dim=self._action_dim, echo_t_ns=message.t_sent_ns, echo_recv_ns=now,
+                    t_sent_ns=time.monotonic_ns(), **timing,
                 )
                 self._send_session(encode(welcome))
                 self._send_hold_locked("handshake")
@@ -306,9 +337,29 @@ class ActionStream:
             if isinstance(message, Heartbeat):
                 self._peer_heartbeat = (message.t_sent_ns, now)
                 self._counters["rx_heartbeat"] += 1
+                if message.echo_t_ns:
+                    round_trip = (now - message.echo_t_ns) - (message.t_sent_ns - message.echo_recv_ns)
+                    if 0 <= round_trip <= now - message.echo_t_ns:
+                        self._round_trips.append(round_trip)
             elif isinstance(message, StateReport):
+                if len(message.actual) != self._action_dim:
+                    self._counters["rejected_state_dim"] += 1
+                    self._log_refusal("state_dim", "controller reports %d measured values, the action has %d; "
+                                      "state reports ignored (docs/wire.md §3)", len(message.actual), self._action_dim)
+                    return
                 self._state = message
+                self._state_rx_ns = now
+                if message.seq_applied >= 0 and (not self._actuated or self._actuated[-1] != message.seq_applied):
+                    self._actuated.append(message.seq_applied)
                 self._counters["rx_state"] += 1
+
+    def _log_refusal(self, key: str, message: str, *args: object) -> None:
+        """One warning per kind of refusal per 10 s (a misconfigured controller retries every 100 ms)."""
+        now = time.monotonic_ns()
+        if now - self._last_refusal_log.get(key, -(10**12)) >= 10 * 10**9:
+            self._last_refusal_log[key] = now
+            total = self._counters.get(f"rejected_{key}", 0) or self._counters.get(key, 0)
+            log.warning(message + " [%d so far]", *args, total)
 
     def _beat(self, now: int) -> None:
         with self._lock:
@@ -351,3 +402,6 @@ class ActionStream:
             if name:
                 with self._lock:
                     self._counters[name] += 1
+                    self._log_refusal(name, "refused a controller connection on %s: %s (unauthorised CURVE key, "
+                                      "no CURVE, or a protocol error; `vla-edge keys authorize` adds a key)",
+                                      event.get("endpoint", b"").decode(errors="replace"), name)

@@ -142,7 +142,9 @@ class StepExecutor(Protocol):
         self, step_index: int, instruction: str, commands: TeleopChannel, stop: threading.Event
     ) -> StepReport:
         """The operator drives from the console through ``commands``; the executor records these frames with
-        ``intervention=True``. Returns "done" when the operator says done, "stopped" when ``stop`` is set."""
+        ``intervention=True``. Returns "done" when the operator says done and the controller actuated it,
+        "stalled" when no command was actuated for ``step_timeout_s`` (the runner escalates again), "stopped"
+        when ``stop`` is set."""
         ...
 
     def hold(self, reason: str) -> None:
@@ -319,14 +321,18 @@ class TaskRunner:
         instruction = self.spec.steps[step]
         end = _StepEnd(status="finished")
         override = False
+        stalled_takeover: StepReport | None = None  # a take-over that made no progress: ask the operator again
         self._emit("step_started", step, instruction=instruction)
         while True:
             if stop.is_set():
                 self.executor.hold("stop requested")
                 return _StepEnd(status="stopped", reason="stop requested")
-            end.attempts += 1
-            self._count("attempts")
-            report = self.executor.run_step(step, instruction, stop, override_once=override)
+            if stalled_takeover is not None:
+                report, stalled_takeover = stalled_takeover, None
+            else:
+                end.attempts += 1
+                self._count("attempts")
+                report = self.executor.run_step(step, instruction, stop, override_once=override)
             override = False
             end.ticks += report.ticks
             self._emit(
@@ -360,6 +366,9 @@ class TaskRunner:
             if action == "takeover":
                 teleop = self._teleoperate(step, instruction, stop)
                 end.ticks += teleop.ticks
+                if teleop.outcome == "stalled":
+                    stalled_takeover = teleop  # escalates again (e.g. the controller was lost during it)
+                    continue
                 if teleop.outcome != "done":
                     self.executor.hold("stop requested")
                     return _StepEnd(status="stopped", reason="stop requested during take-over")
@@ -421,6 +430,8 @@ class TaskRunner:
                 self._count("redo_requests")
                 return verdict("continue", chosen, redo_from=chosen)
             teleop = self._teleoperate(chosen, self.spec.steps[chosen], stop)
+            if teleop.outcome == "stalled":
+                continue  # the take-over made no progress: the operator is asked to verify the segment again
             if teleop.outcome != "done":
                 self.executor.hold("stop requested")
                 return verdict("stopped", next_step, reason="stop requested during take-over")

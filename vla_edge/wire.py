@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgpack
 import zmq
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from vla_edge.errors import VlaEdgeError
 
-WIRE_VERSION = 1
+WIRE_VERSION = 1  # the version of the messages that did not change (action, hold, ready, heartbeat)
+# hello, welcome and state exist in version 1 and 2 (docs/wire.md §3): a controller says 2 in its hello to get a
+# version-2 welcome (the timing it must use) and sends version-2 state (what was actuated and what was refused).
+SESSION_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MAX_MESSAGE_BYTES = 16 * 1024  # also ZMQ_MAXMSGSIZE on every receiving socket
 MAX_ACTION_DIM = 64
 MAX_REASON_CHARS = 64
+DAEMON_HOLD_PREFIX = "daemon:"  # a controller holding on the daemon's request reports "daemon:<its reason>"
+MAX_HOLD_REASON_CHARS = MAX_REASON_CHARS + len(DAEMON_HOLD_PREFIX)
 MAX_COUNTERS = 64
 ZMTP_TIMEOUT_MS = 1000
 
@@ -38,6 +44,8 @@ Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
 UInt63 = Annotated[int, Field(ge=0, lt=2**63)]
 Seq = Annotated[int, Field(ge=0, lt=2**63)]
 Reason = Annotated[str, Field(max_length=MAX_REASON_CHARS)]
+HoldReason = Annotated[str, Field(max_length=MAX_HOLD_REASON_CHARS)]
+Millis = Annotated[float, Field(gt=0, le=3_600_000)]
 Values = Annotated[list[float], Field(min_length=1, max_length=MAX_ACTION_DIM)]
 
 
@@ -91,8 +99,25 @@ class Hold(WireMessage):
 # ---- session channel (controller DEALER ⇄ daemon ROUTER) ----
 
 
-class Hello(WireMessage):
-    """Controller → daemon, repeated every heartbeat until a Welcome arrives. ``t_sent_ns``: controller clock."""
+class _Versioned(WireMessage):
+    """A message with a version-2 form: ``v`` is 1 or 2; the version-2 fields are present exactly when v is 2."""
+
+    v: Literal[1, 2] = SESSION_VERSION
+    V2_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _fields_match_version(self) -> _Versioned:
+        present = [name for name in self.V2_FIELDS if getattr(self, name) is not None]
+        if self.v == 1 and present:
+            raise ValueError(f"version 1 has no {', '.join(present)}")
+        if self.v == 2 and len(present) != len(self.V2_FIELDS):
+            raise ValueError(f"version 2 needs {', '.join(n for n in self.V2_FIELDS if n not in present)}")
+        return self
+
+
+class Hello(_Versioned):
+    """Controller → daemon, repeated every heartbeat until a Welcome arrives. ``t_sent_ns``: controller clock.
+    ``v``: the highest session version the controller speaks; the Welcome answers in the same version."""
 
     kind: Literal["hello"] = "hello"
     instance: UInt63
@@ -100,8 +125,13 @@ class Hello(WireMessage):
     t_sent_ns: Int64
 
 
-class Welcome(WireMessage):
-    """Daemon → controller: the session to accept commands from, and the first clock sample (NTP-style)."""
+class Welcome(_Versioned):
+    """Daemon → controller: the session to accept commands from, and the first clock sample (NTP-style).
+
+    Version 2 also carries the timing the controller must use: the daemon's heartbeat period, after how long
+    without a valid message it must hold (``stale_after_ms``) and the commands' time to live."""
+
+    V2_FIELDS = ("heartbeat_ms", "stale_after_ms", "command_ttl_ms")
 
     kind: Literal["welcome"] = "welcome"
     session: UInt63
@@ -110,6 +140,9 @@ class Welcome(WireMessage):
     echo_t_ns: Int64  # the Hello's t_sent_ns (controller clock)
     echo_recv_ns: Int64  # when the daemon received that Hello (daemon clock)
     t_sent_ns: Int64  # daemon clock
+    heartbeat_ms: Millis | None = None
+    stale_after_ms: Millis | None = None
+    command_ttl_ms: Millis | None = None
 
 
 class Ready(WireMessage):
@@ -133,8 +166,15 @@ class Heartbeat(WireMessage):
     echo_recv_ns: Int64  # when that heartbeat arrived (sender clock), 0 when none yet
 
 
-class StateReport(WireMessage):
-    """Controller → daemon: what the motors actually did this tick. Record this, not what was requested."""
+class StateReport(_Versioned):
+    """Controller → daemon: what the motors actually did this tick. Record this, not what was requested.
+
+    ``actual``: the measured position, one value per action dimension, in the action's units and order (the
+    daemon refuses a report of another length). Version 2 adds what the motors were *given*: ``applied``, the
+    values of command ``seq_applied`` as actuated after the controller's filter (empty before the first), and
+    the newest command the controller refused, ``seq_rejected`` (-1: none yet) with ``rejected_reason``."""
+
+    V2_FIELDS = ("applied", "seq_rejected", "rejected_reason")
 
     kind: Literal["state"] = "state"
     session: UInt63
@@ -143,8 +183,11 @@ class StateReport(WireMessage):
     seq_applied: Annotated[int, Field(ge=-1, lt=2**63)]  # -1: nothing actuated yet
     actual: Values
     holding: bool
-    hold_reason: Reason
+    hold_reason: HoldReason
     counters: Annotated[dict[Annotated[str, Field(max_length=MAX_REASON_CHARS)], UInt63], Field(max_length=MAX_COUNTERS)]
+    applied: Annotated[list[float], Field(max_length=MAX_ACTION_DIM)] | None = None
+    seq_rejected: Annotated[int, Field(ge=-1, lt=2**63)] | None = None
+    rejected_reason: Reason | None = None
 
 
 DaemonCommand = Annotated[ActionCommand | Hold, Field(discriminator="kind")]
@@ -156,6 +199,7 @@ _KINDS: dict[str, set[str]] = {
     "daemon_session": {"welcome", "heartbeat"},
     "controller": {"hello", "ready", "heartbeat", "state"},
 }
+_VERSIONS: dict[str, tuple[int, ...]] = {"hello": (1, 2), "welcome": (1, 2), "state": (1, 2)}
 _ADAPTERS: dict[str, TypeAdapter] = {
     "command": TypeAdapter(DaemonCommand),
     "daemon_session": TypeAdapter(DaemonSession),
@@ -165,7 +209,7 @@ _ADAPTERS: dict[str, TypeAdapter] = {
 
 def encode(message: WireMessage) -> bytes:
     """One msgpack map, keys in field order (so bytes are reproducible); floats as float 64."""
-    payload = message.model_dump(mode="python")
+    payload = message.model_dump(mode="python", exclude_none=True)  # None: a field of a later version
     data = msgpack.packb(payload, use_bin_type=True)
     if len(data) > MAX_MESSAGE_BYTES:
         raise StreamError(f"{message.kind} message is {len(data)} bytes, over the {MAX_MESSAGE_BYTES}-byte cap")
@@ -182,11 +226,13 @@ def decode(data: bytes, channel: Literal["command", "daemon_session", "controlle
         raise WireError("not_msgpack", type(exc).__name__) from None
     if not isinstance(obj, dict):
         raise WireError("not_a_map", type(obj).__name__)
-    if obj.get("v") != WIRE_VERSION or isinstance(obj.get("v"), bool):
+    if obj.get("v") not in SUPPORTED_VERSIONS or isinstance(obj.get("v"), bool):
         raise WireError("bad_version", repr(obj.get("v"))[:32])
     kind = obj.get("kind")
     if not isinstance(kind, str) or kind not in _KINDS[channel]:
         raise WireError("unexpected_kind", repr(kind)[:32])
+    if obj["v"] not in _VERSIONS.get(kind, (WIRE_VERSION,)):
+        raise WireError("bad_version", f"{kind} v{obj['v']}")
     try:
         return _ADAPTERS[channel].validate_python(obj)
     except ValidationError as exc:

@@ -29,7 +29,8 @@ CHANNELS = ["command", "daemon_session", "controller"]
 SLOWEST_DECODE_S = [0.0]
 FIELDS = ["v", "kind", "session", "seq", "t_sent_ns", "t_due_ns", "deadline_ns", "values", "reason", "instance",
           "action_dim", "ready", "echo_t_ns", "echo_recv_ns", "seq_applied", "actual", "holding", "hold_reason",
-          "counters"]
+          "counters", "applied", "seq_rejected", "rejected_reason", "heartbeat_ms", "stale_after_ms",
+          "command_ttl_ms"]
 KINDS = ["action", "hold", "hello", "welcome", "ready", "heartbeat", "state", "nope", ""]
 
 scalars = st.one_of(
@@ -45,7 +46,7 @@ def _decode_timed(data: bytes, channel: str) -> None:
     start = time.perf_counter()
     try:
         message = decode(data, channel)  # type: ignore[arg-type]
-        assert message.v == 1
+        assert message.v in (1, 2)
     except WireError as exc:
         assert exc.reason in {"too_large", "not_msgpack", "not_a_map", "bad_version", "unexpected_kind",
                               "bad_schema"}
@@ -104,9 +105,12 @@ def test_hostile_shapes_are_rejected_by_reason():
         assert decoder.rejected[reason] >= 1, (data[:16], reason, decoder.rejected)
     assert sum(decoder.rejected.values()) == len(cases)
     # a valid message round-trips byte-exactly
-    report = StateReport(session=1, instance=2, t_sent_ns=3, seq_applied=-1, actual=[0.5], holding=True,
+    report = StateReport(v=1, session=1, instance=2, t_sent_ns=3, seq_applied=-1, actual=[0.5], holding=True,
                          hold_reason="stale", counters={"executed": 0})
     assert encode(decode(encode(report), "controller")) == encode(report)
+    report2 = StateReport(session=1, instance=2, t_sent_ns=3, seq_applied=7, actual=[0.5], holding=False,
+                          hold_reason="", counters={}, applied=[0.25], seq_rejected=6, rejected_reason="late")
+    assert report2.v == 2 and encode(decode(encode(report2), "controller")) == encode(report2)
 
 
 def test_fuzz_figures():
