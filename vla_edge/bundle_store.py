@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -26,8 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from vla_edge.bundle import MANIFEST_FILE, MAX_MANIFEST_BYTES
+from vla_edge.bundle_io import BundleDir, FileMissing, load_json_strict
 from vla_edge.errors import BundleError
-from vla_edge.signing import SIGNATURE_FILE, SignatureInfo, bundle_files, canonical_files, digest_bundle, verify_bundle
+from vla_edge.signing import SIGNATURE_FILE, SignatureInfo, canonical_files, digest_bundle, verify_bundle
 
 VERSIONS_DIR = "versions"
 CURRENT_LINK = "current"
@@ -49,20 +50,20 @@ def content_digest(bundle_dir: Path) -> str:
     return hashlib.sha256(canonical_files(digest_bundle(bundle_dir))).hexdigest()
 
 
-def _manifest_identity(bundle_dir: Path) -> tuple[str, str]:
-    path = bundle_dir / "manifest.json"
+def _manifest_identity(directory: BundleDir) -> tuple[str, str]:
+    path = directory.path / MANIFEST_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        name, version = str(data["name"]), str(data["version"])
-    except FileNotFoundError:
-        raise BundleError(f"{bundle_dir} is not a bundle: manifest.json is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from None
+        data = directory.read_bytes(MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    except FileMissing:
+        raise BundleError(f"{directory.path} is not a bundle: manifest.json is missing") from None
+    value = load_json_strict(data, str(path))
+    try:
+        name, version = str(value["name"]), str(value["version"])
     except (KeyError, TypeError):
         raise BundleError(f"{path} has no name and version") from None
     if not name or not version:
         raise BundleError(f"{path} has an empty name or version")
-    return _SAFE.sub("_", name), _SAFE.sub("_", version)
+    return _SAFE.sub("_", name)[:128], _SAFE.sub("_", version)[:64]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -73,9 +74,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _copy_synced(src: Path, dst: Path) -> None:
+def _copy_synced(source: BundleDir, rel: str, dst: Path) -> None:
+    """Copy one file out of the source bundle (opened inside it, never through a link) and fsync the copy."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with src.open("rb") as fin, dst.open("wb") as fout:
+    with os.fdopen(source.open(rel), "rb") as fin, dst.open("wb") as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
         fout.flush()
         os.fsync(fout.fileno())
@@ -161,13 +163,16 @@ class BundleStore:
 
         Installing the same content again is a no-op (then activation only).
         """
-        src = Path(src)
-        name, version = _manifest_identity(src)
+        with BundleDir(src) as source:
+            return self._install(source, activate)
+
+    def _install(self, source: BundleDir, activate: bool) -> Path:
+        name, version = _manifest_identity(source)
         with self._locked():
             tmp = self.versions_dir / f".incoming-{uuid.uuid4().hex}"
             try:
-                for rel in [*bundle_files(src), *([SIGNATURE_FILE] if (src / SIGNATURE_FILE).is_file() else [])]:
-                    _copy_synced(src / rel, tmp / rel)
+                for rel in source.list_files():  # links and special files are refused before anything is copied
+                    _copy_synced(source, rel, tmp / rel)
                 for sub in sorted({p for p in tmp.rglob("*") if p.is_dir()} | {tmp}, reverse=True):
                     _fsync_dir(sub)
                 self._check_signature(tmp)

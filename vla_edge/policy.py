@@ -7,13 +7,15 @@ numpy + onnxruntime only (no torch). One ``PolicyRunner`` is used by one thread 
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from vla_edge.bundle import GRAPH_NAMES, Bundle, TensorSpec
+from vla_edge.bundle import GRAPH_NAMES, Bundle, TensorSpec, dims_agree
 from vla_edge.errors import BundleError, VlaEdgeError
 from vla_edge.types import ChunkSamples
 
@@ -47,15 +49,91 @@ def choose_providers(preferred: list[str] | tuple[str, ...] | None) -> list[str]
     return [*chosen, "CPUExecutionProvider"]
 
 
-def _check_io(session: ort.InferenceSession, inputs: list[TensorSpec], outputs: list[TensorSpec], where: str) -> None:
-    """Refuse a graph whose tensor names or dtypes differ from the manifest (a mixed-up bundle)."""
-    actual_in = {node.name: node.type for node in session.get_inputs()}
-    actual_out = {node.name: node.type for node in session.get_outputs()}
-    for spec, actual, kind in [(s, actual_in, "input") for s in inputs] + [(s, actual_out, "output") for s in outputs]:
-        if spec.name not in actual:
-            raise BundleError(f"{where}: graph has no {kind} {spec.name!r} (it has {', '.join(actual)})")
-        if actual[spec.name] != _ORT_DTYPES[spec.dtype]:
-            raise BundleError(f"{where}: {kind} {spec.name!r} is {actual[spec.name]}, manifest says {spec.dtype}")
+def check_io(session: ort.InferenceSession, inputs: list[TensorSpec], outputs: list[TensorSpec], where: str) -> None:
+    """Refuse a graph whose tensors differ from the manifest's declaration: a missing or extra name, another
+    dtype, or another shape (rank, or a fixed size where the manifest has another size or a dynamic one).
+
+    A graph may be dynamic where the manifest is fixed (it accepts the fixed size); the warm-up runs it.
+    """
+    for kind, specs, nodes in (("input", inputs, session.get_inputs()), ("output", outputs, session.get_outputs())):
+        actual = {node.name: node for node in nodes}
+        declared = {spec.name for spec in specs}
+        if kind == "input" and set(actual) - declared:
+            extra = ", ".join(sorted(set(actual) - declared))
+            raise BundleError(f"{where}: graph has input(s) the manifest does not declare: {extra}")
+        for spec in specs:
+            node = actual.get(spec.name)
+            if node is None:
+                raise BundleError(f"{where}: graph has no {kind} {spec.name!r} (it has {', '.join(actual)})")
+            if node.type != _ORT_DTYPES[spec.dtype]:
+                raise BundleError(f"{where}: {kind} {spec.name!r} is {node.type}, manifest says {spec.dtype}")
+            wanted = tuple(d if isinstance(d, int) else None for d in spec.shape)
+            if not dims_agree(list(node.shape), wanted):
+                raise BundleError(f"{where}: {kind} {spec.name!r} has shape {_shown(node.shape)} in the graph, "
+                                  f"the manifest says {_shown(spec.shape)}")
+
+
+def _shown(shape: list) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def open_session(
+    read_verified: Callable[[str], bytes],
+    graph_file: str,
+    options: Callable[[], ort.SessionOptions],
+    providers: list[str],
+    external_files: Sequence[str] = (),
+) -> ort.InferenceSession:
+    """An ONNX Runtime session of one graph of a bundle, made from bytes, never from a path.
+
+    ``read_verified`` (``Bundle.read_verified``) reads the graph, and each external-data file it names
+    (listed in the manifest), once from inside the bundle and checks the digest over the bytes it returns, so
+    the bytes ORT gets are the bytes that were verified: a file swapped or changed after a check cannot run.
+    External data goes to ORT from memory (``SessionOptions.add_external_initializers_from_files_in_memory``)
+    under the name the graph uses, its path relative to the graph's directory, so ORT opens no file either.
+
+    Measured (``python -m bench.bundle_memory``; a 256 MiB external initializer, CPU provider): resident
+    memory once loaded is the same as loading from the path (1.02x the weights, both ways, inline or external);
+    the peak while loading is 3.0x the weights instead of 2.0x (our copy, ORT's copy, the prepacked weights).
+    Each buffer is released as soon as its session exists, so only one graph's peak is paid at a time.
+
+    ``options`` makes fresh SessionOptions (external initializers are added to them). Raises BundleError.
+    """
+    model = read_verified(graph_file)
+    session_options = options()
+    if external_files:
+        adder = getattr(session_options, "add_external_initializers_from_files_in_memory", None)
+        if adder is None:
+            raise BundleError(f"{graph_file} has external data, which needs onnxruntime >= 1.17 to load from "
+                              f"memory (this is {ort.__version__})")
+        base = posixpath.dirname(graph_file)
+        names, buffers = [], []
+        for rel in external_files:
+            names.append(posixpath.relpath(rel, base) if base else rel)
+            buffers.append(read_verified(rel))
+        adder(names, buffers, [len(b) for b in buffers])
+    try:
+        session = ort.InferenceSession(model, sess_options=session_options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise BundleError(f"cannot load graph {graph_file}: {' '.join(str(exc).split())}") from None
+    # ORT's Python wrapper keeps the model bytes for the session's lifetime, only to rebuild the session if a
+    # provider fails at run time (its own source: "This is bad as we're holding the memory indefinitely"): 2.02x
+    # the weights resident instead of 1.02x for a graph with inline weights. A provider that fails mid-run must
+    # not be swapped for another silently under a running robot anyway: disable that fallback and let the bytes go.
+    session.disable_fallback()
+    session._model_bytes = None  # noqa: SLF001 - see above; used by nothing once fallback is off
+    return session
+
+
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle ORT threads would otherwise spin and steal the cores the camera and stream threads need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
 
 
 class PolicyRunner:
@@ -68,6 +146,7 @@ class PolicyRunner:
         providers: list[str] | None = None,
         intra_op_threads: int = 2,
         seed: int = 0,
+        warm_up_samples: int = 8,
     ) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
@@ -78,24 +157,13 @@ class PolicyRunner:
         self.precision = precision
         self.tokenizer = bundle.tokenizer()
         self._rng = np.random.default_rng(seed)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle ORT threads would otherwise spin and steal the cores the camera and stream threads need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
         wanted = choose_providers(providers)
         variant = self.manifest.variants[precision]  # type: ignore[index]
         self._sessions: dict[str, ort.InferenceSession] = {}
         for name in GRAPH_NAMES:
-            path = bundle.graph_path(precision, name)
-            try:
-                session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
-            except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-                raise BundleError(f"cannot load graph {path}: {exc}") from None
             spec = variant.graphs[name]
-            _check_io(session, spec.inputs, spec.outputs, str(path.relative_to(bundle.path)))
+            session = open_session(bundle.read_verified, spec.file, lambda: session_options(intra_op_threads), wanted)
+            check_io(session, spec.inputs, spec.outputs, spec.file)
             self._sessions[name] = session
         self._providers = list(self._sessions["denoiser"].get_providers())
         log.info("policy %s/%s runs on %s", self.manifest.name, precision, ", ".join(self._providers))
@@ -108,7 +176,15 @@ class PolicyRunner:
         self._instruction: str | None = None
         self.cache_hits = 0
         self.cache_misses = 0
-        self._warm_up()
+        try:
+            self._warm_up(warm_up_samples)
+        except MemoryError:
+            raise BundleError(f"the {precision} variant of bundle {bundle.path} does not fit in memory "
+                              f"(warm-up at K = {warm_up_samples})") from None
+        except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidArgument, ...) derive from it
+            detail = " ".join(str(exc).split())
+            raise BundleError(f"the {precision} variant of bundle {bundle.path} fails its warm-up inference "
+                              f"(K = {warm_up_samples}): {detail}") from None
 
     # ---- properties -------------------------------------------------------------------------------------------
     @property
@@ -284,8 +360,9 @@ class PolicyRunner:
         return self.infer(image, state, instruction, num_samples=1).actions[0]
 
     # ---- start-up ---------------------------------------------------------------------------------------------
-    def _warm_up(self) -> None:
-        """Run every graph once so the first real chunk does not pay for lazy initialisation."""
+    def _warm_up(self, num_samples: int) -> None:
+        """Run every graph once (the denoiser at K = 1 and K = ``num_samples``) so the first real chunk does not
+        pay for lazy initialisation, and a graph that cannot run at the configured size fails now."""
         m = self.manifest
         features = np.zeros((1, m.instruction_features_dim), dtype=np.float32)
         context, _ = self._sessions["observation_encoder"].run(
@@ -297,7 +374,7 @@ class PolicyRunner:
             },
         )
         self._sessions["instruction_encoder"].run(["instruction_features"], {"tokens": np.ones((1, 1), np.int64)})
-        for k in (1, 8):
+        for k in sorted({1, num_samples}):
             self._sessions["denoiser"].run(
                 ["velocity"],
                 {

@@ -30,7 +30,7 @@ from vla_edge.policy import PolicyRunner
 from vla_edge.routing import build_router
 from vla_edge.scheduler import PlannedChunk, TickDecision
 from vla_edge.sdnotify import Notifier, WatchdogGate, watchdog_interval_s
-from vla_edge.signing import check_policy_signature
+from vla_edge.signing import check_loaded_signature
 from vla_edge.stream import ActionStream
 from vla_edge.task import StepReport, TaskEvent, TaskResult, TaskRunner, TaskSpec
 from vla_edge.telemetry import DaemonMetrics, HealthSampler, MetricsServer, build_status
@@ -39,15 +39,33 @@ from vla_edge.types import Frame
 log = logging.getLogger(__name__)
 
 
+UNSIGNED_WARNING = (
+    "bundle %s is not signature-checked (policy.require_signature = false, or no trusted key for it): its files "
+    "are checked only against the digests in its own manifest, so anyone who can write the bundle directory can "
+    "swap graphs or whole variants (digests included) and they will run; see docs/bundle-format.md"
+)
+
+
 def open_bundle(settings: Settings) -> Bundle:
-    """Check the signature (when required), then every file's digest, then the manifest."""
+    """The manifest (strict JSON, no links, no stray files, every listed file present at its size), then the
+    signature over that manifest's bytes and digests when required or available. The graphs' digests are
+    checked over the bytes that run, when the policy reads them (``open_policy``)."""
     policy = settings.policy
-    info = check_policy_signature(policy.bundle, policy.require_signature, list(policy.trusted_keys))
+    bundle = load_bundle(policy.bundle, verify="structure")
+    info = check_loaded_signature(bundle, policy.require_signature, list(policy.trusted_keys))
     if info is not None:
-        log.info("bundle %s signed by key %s (%d files)", policy.bundle, info.key_id, info.file_count)
+        log.info("bundle %s signed by key %s (%d files)", bundle.path, info.key_id, info.file_count)
     else:
-        log.warning("bundle signature not checked (policy.require_signature = false, or no trusted key)")
-    return load_bundle(policy.bundle)
+        log.warning(UNSIGNED_WARNING, bundle.path)
+    return bundle
+
+
+def open_policy(bundle: Bundle, settings: Settings) -> tuple[PolicyRunner, ConfidenceMonitor | None]:
+    """The policy's sessions (from verified bytes; graph shapes checked against the manifest; a warm-up at the
+    configured K) and the confidence monitor: what daemon start and ``bundle install``'s check both run."""
+    p = settings.policy
+    policy = PolicyRunner(bundle, p.precision, p.providers, p.intra_op_threads, p.seed, warm_up_samples=p.num_samples)
+    return policy, build_monitor(bundle, settings)
 
 
 def build_monitor(bundle: Bundle, settings: Settings) -> ConfidenceMonitor | None:
@@ -166,9 +184,7 @@ class Daemon:
         s = self.settings
         self.bundle = open_bundle(s)
         manifest = self.bundle.manifest
-        self.policy = PolicyRunner(self.bundle, s.policy.precision, s.policy.providers, s.policy.intra_op_threads,
-                                   s.policy.seed)
-        monitor = build_monitor(self.bundle, s)
+        self.policy, monitor = open_policy(self.bundle, s)
         router = build_router(s, manifest, monitor, self.metrics.metrics, self._on_remote_status)
         if router is not None:
             self._stack.callback(router.close)

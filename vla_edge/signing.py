@@ -23,13 +23,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vla_edge.bundle import MANIFEST_FILE, Bundle
+from vla_edge.bundle_io import BundleDir, FileMissing, load_json_strict
 from vla_edge.errors import BundleError
 
 SIGNATURE_FILE = "signature.json"
 SIGNATURE_VERSION = 1
 PRIVATE_KEY_FILE = "bundle-signing.key"
 PUBLIC_KEY_FILE = "bundle-signing.pub"
-_CHUNK = 1 << 20
+MAX_SIGNATURE_BYTES = 16 << 20  # 64 bytes of digest per file: far more files than a bundle may have
 
 
 class SignatureFile(BaseModel):
@@ -63,38 +65,20 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def bundle_files(bundle_dir: Path) -> list[str]:
     """Every regular file in the bundle except ``signature.json``, as sorted relative POSIX paths.
 
-    Symbolic links are refused: a link could point outside the bundle, to bytes the signature never covered.
+    Symbolic links, special files and names that are not UTF-8 are refused from the directory entries alone,
+    before any file is opened: a link could point outside the bundle, to bytes the signature never covered.
     """
-    bundle_dir = Path(bundle_dir)
-    if not bundle_dir.is_dir():
-        raise BundleError(f"bundle directory not found: {bundle_dir}")
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(bundle_dir):
-        here = Path(dirpath)
-        for name in [*dirnames, *filenames]:
-            if (here / name).is_symlink():
-                raise BundleError(f"bundle {bundle_dir} contains a symbolic link: {(here / name).relative_to(bundle_dir)}"
-                                  " (copy the file in instead)")
-        for name in filenames:
-            rel = (here / name).relative_to(bundle_dir).as_posix()
-            if rel != SIGNATURE_FILE:
-                found.append(rel)
-    return sorted(found)
+    with BundleDir(bundle_dir) as directory:
+        return [rel for rel in directory.list_files() if rel != SIGNATURE_FILE]
 
 
 def digest_bundle(bundle_dir: Path) -> dict[str, str]:
-    return {rel: file_sha256(Path(bundle_dir) / rel) for rel in bundle_files(bundle_dir)}
+    """sha256 of every file but the signature, each read from inside the bundle (no links followed)."""
+    with BundleDir(bundle_dir) as directory:
+        return {rel: directory.sha256(rel)[0] for rel in directory.list_files() if rel != SIGNATURE_FILE}
 
 
 def generate_keypair(directory: Path, name: str = "bundle-signing") -> tuple[Path, Path]:
@@ -159,28 +143,34 @@ def sign_bundle(bundle_dir: Path, private_key_path: Path) -> Path:
     return out
 
 
-def read_signature(bundle_dir: Path) -> SignatureFile:
-    path = Path(bundle_dir) / SIGNATURE_FILE
+def _parse_signature(data: bytes, path: Path) -> SignatureFile:
+    value = load_json_strict(data, f"signature file {path}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BundleError(f"bundle {bundle_dir} is not signed: {SIGNATURE_FILE} is missing "
-                          "(sign it with `vla-edge bundle sign`, or set policy.require_signature = false)") from None
-    except UnicodeDecodeError:
-        raise BundleError(f"{path} is not UTF-8 text; the signature file is damaged") from None
-    try:
-        return SignatureFile.model_validate_json(text)
+        return SignatureFile.model_validate(value)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors()[:10])
         raise BundleError(f"{path} is not a valid signature file: {problems}") from None
 
 
-def verify_bundle(bundle_dir: Path, trusted_public_keys: list[Path]) -> SignatureInfo:
-    """Check ``signature.json`` against the trusted keys and every file against its digest. Raises BundleError."""
-    bundle_dir = Path(bundle_dir)
+def _read_signature(directory: BundleDir) -> SignatureFile:
+    path = directory.path / SIGNATURE_FILE
+    try:
+        data = directory.read_bytes(SIGNATURE_FILE, MAX_SIGNATURE_BYTES)
+    except FileMissing:
+        raise BundleError(f"bundle {directory.path} is not signed: {SIGNATURE_FILE} is missing "
+                          "(sign it with `vla-edge bundle sign`, or set policy.require_signature = false)") from None
+    return _parse_signature(data, path)
+
+
+def read_signature(bundle_dir: Path) -> SignatureFile:
+    with BundleDir(bundle_dir) as directory:
+        return _read_signature(directory)
+
+
+def _check_signed(doc: SignatureFile, bundle_dir: Path, trusted_public_keys: list[Path]) -> tuple[str, Path]:
+    """The signature over ``doc.files`` is by a trusted key: (key id, key path), or BundleError."""
     if not trusted_public_keys:
         raise BundleError("no trusted public keys configured (policy.trusted_keys); cannot verify a signature")
-    doc = read_signature(bundle_dir)
     trusted = {key_id(k): (k, p) for p in trusted_public_keys for k in [load_public_key(p)]}
     if doc.key_id not in trusted:
         raise BundleError(f"bundle {bundle_dir} is signed by key {doc.key_id}, which is not trusted "
@@ -191,23 +181,58 @@ def verify_bundle(bundle_dir: Path, trusted_public_keys: list[Path]) -> Signatur
     except (InvalidSignature, binascii.Error, ValueError):
         raise BundleError(f"bundle {bundle_dir}: the signature in {SIGNATURE_FILE} does not match its file list "
                           f"(signed by {doc.key_id}); the bundle was altered after signing") from None
-    present = bundle_files(bundle_dir)
-    unlisted = sorted(set(present) - set(doc.files))
-    if unlisted:
-        raise BundleError(f"bundle {bundle_dir}: file {unlisted[0]} is not covered by the signature"
-                          + (f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""))
-    for rel, expected in sorted(doc.files.items()):
-        path = bundle_dir / rel
-        if rel not in present:
-            raise BundleError(f"bundle {bundle_dir}: signed file {rel} is missing")
-        if file_sha256(path) != expected:
-            raise BundleError(f"bundle {bundle_dir}: file {rel} does not match its signed sha256 (altered or corrupted)")
-    return SignatureInfo(key_id=doc.key_id, key_path=Path(key_path), file_count=len(doc.files), files=dict(doc.files))
+    return doc.key_id, Path(key_path)
+
+
+def verify_bundle(bundle_dir: Path, trusted_public_keys: list[Path]) -> SignatureInfo:
+    """Check ``signature.json`` against the trusted keys and every file against its digest. Raises BundleError."""
+    with BundleDir(bundle_dir) as directory:
+        bundle_dir = directory.path
+        if not trusted_public_keys:
+            raise BundleError("no trusted public keys configured (policy.trusted_keys); cannot verify a signature")
+        doc = _read_signature(directory)
+        kid, key_path = _check_signed(doc, bundle_dir, trusted_public_keys)
+        present = [rel for rel in directory.list_files() if rel != SIGNATURE_FILE]
+        unlisted = sorted(set(present) - set(doc.files))
+        if unlisted:
+            raise BundleError(f"bundle {bundle_dir}: file {unlisted[0]} is not covered by the signature"
+                              + (f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""))
+        for rel, expected in sorted(doc.files.items()):
+            if rel not in present:
+                raise BundleError(f"bundle {bundle_dir}: signed file {rel} is missing")
+            if directory.sha256(rel)[0] != expected:
+                raise BundleError(f"bundle {bundle_dir}: file {rel} does not match its signed sha256 "
+                                  "(altered or corrupted)")
+    return SignatureInfo(key_id=kid, key_path=key_path, file_count=len(doc.files), files=dict(doc.files))
+
+
+def verify_loaded_bundle(bundle: Bundle, trusted_public_keys: list[Path]) -> SignatureInfo:
+    """The daemon's check: the signature is by a trusted key and covers exactly the manifest that was parsed
+    (its bytes' digest) and the digests that manifest lists. Reads no graph: each graph is checked against
+    those digests as it is read for use (``Bundle.read_verified``), so a signed digest covers the very bytes
+    that run. ``bundle`` must come from ``load_bundle(..., verify="structure")`` or stricter (no strays).
+    """
+    with BundleDir(bundle.path) as directory:
+        doc = _read_signature(directory)
+    kid, key_path = _check_signed(doc, bundle.path, trusted_public_keys)
+    expected = bundle.file_digests()
+    if doc.files.get(MANIFEST_FILE) != expected[MANIFEST_FILE]:
+        raise BundleError(f"bundle {bundle.path}: {MANIFEST_FILE} does not match its signed sha256 "
+                          "(altered or corrupted)")
+    for rel in sorted(set(doc.files) | set(expected)):
+        if rel not in doc.files:
+            raise BundleError(f"bundle {bundle.path}: file {rel} is not covered by the signature")
+        if rel not in expected:
+            raise BundleError(f"bundle {bundle.path}: signed file {rel} is not listed in the manifest")
+        if doc.files[rel] != expected[rel]:
+            raise BundleError(f"bundle {bundle.path}: file {rel} does not match its signed sha256 "
+                              "(the manifest lists another digest)")
+    return SignatureInfo(key_id=kid, key_path=key_path, file_count=len(doc.files), files=dict(doc.files))
 
 
 def check_policy_signature(bundle_dir: Path, require_signature: bool,
                            trusted_keys: list[Path]) -> SignatureInfo | None:
-    """What the daemon calls before loading a bundle (``policy.require_signature``, ``policy.trusted_keys``).
+    """A bundle directory's signature under ``policy.require_signature`` / ``policy.trusted_keys``.
 
     Required: verify, or raise BundleError. Not required: verify anyway when the bundle is signed and keys are
     configured (a tampered signed bundle is refused even in a permissive setup); otherwise return None.
@@ -217,4 +242,13 @@ def check_policy_signature(bundle_dir: Path, require_signature: bool,
         return verify_bundle(bundle_dir, trusted_keys)
     if trusted_keys and (bundle_dir / SIGNATURE_FILE).is_file():
         return verify_bundle(bundle_dir, trusted_keys)
+    return None
+
+
+def check_loaded_signature(bundle: Bundle, require_signature: bool,
+                           trusted_keys: list[Path]) -> SignatureInfo | None:
+    """What the daemon calls once the manifest is loaded: the same rules as ``check_policy_signature``, through
+    ``verify_loaded_bundle`` (each graph's digest is then checked over the bytes that are run)."""
+    if require_signature or (trusted_keys and (bundle.path / SIGNATURE_FILE).is_file()):
+        return verify_loaded_bundle(bundle, trusted_keys)
     return None

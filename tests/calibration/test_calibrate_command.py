@@ -13,12 +13,12 @@ from vla_edge.service import load_thresholds
 
 @pytest.fixture()
 def bundle_copy(tmp_path):
-    """The reference bundle with its own manifest (graphs linked, not copied), plus a signature file."""
+    """The reference bundle with its own manifest (graphs copied: bundles may not contain links), plus a signature file."""
     root = tmp_path / "bundle"
     manifest = json.loads((REFERENCE_BUNDLE_DIR / "manifest.json").read_text())
     for rel in manifest["files"]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).symlink_to(REFERENCE_BUNDLE_DIR / rel)
+        shutil.copy(REFERENCE_BUNDLE_DIR / rel, root / rel)
     shutil.copy(REFERENCE_BUNDLE_DIR / "manifest.json", root / "manifest.json")
     (root / "signature.json").write_text("{}")
     return root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vla_edge.bundle_check import DEFAULT_TIMEOUT_S
 from vla_edge.bundle_store import BundleStore
 from vla_edge.config import load_settings
 from vla_edge.errors import VlaEdgeError
@@ -32,10 +33,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _trust_args(verify)
     verify.set_defaults(func=_verify)
 
-    install = actions.add_parser("install", help="copy a bundle in as a new version and make it current")
+    install = actions.add_parser(
+        "install", help="copy a bundle in as a new version and make it current",
+        description="Copy a bundle into the store, check it as the daemon's start would (every digest, the "
+        "manifest, the graphs' input/output shapes, and a warm-up inference of the configured variant in a "
+        "child process), then make it current. A bundle that fails any check never becomes current.")
     install.add_argument("bundle", type=Path)
     _store_args(install)
     install.add_argument("--no-activate", action="store_true", help="install only; activate later")
+    install.add_argument("--precision", choices=["fp32", "int8", "int4", "all"], default=None,
+                         help="variant(s) to start in the check (default: policy.precision of --config)")
+    install.add_argument("--check-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                         help=f"seconds the start-up check may take per variant (default {DEFAULT_TIMEOUT_S:g})")
     install.set_defaults(func=_install)
 
     activate = actions.add_parser("activate", help="make an installed version current")
@@ -85,9 +94,18 @@ def _store(args: argparse.Namespace, validate: bool = True) -> BundleStore:
     loader = None
     if validate:
         from vla_edge.bundle import load_bundle  # only installs need the full loader
+        from vla_edge.bundle_check import check_in_child
+
+        configured = load_settings(args.config).policy.precision
+        wanted = args.precision or configured
 
         def loader(path: Path) -> None:
-            load_bundle(path, verify=True)
+            bundle = load_bundle(path, verify="all")
+            precisions = list(bundle.precisions) if wanted == "all" else [wanted]
+            for precision in precisions:
+                result = check_in_child(path, precision, args.config, args.check_timeout)
+                print(f"checked {precision}: started in {result.load_s:.1f} s on {', '.join(result.providers)}, "
+                      f"peak memory {result.peak_rss_mb:.0f} MB")
 
     return BundleStore(args.store, require_signature=require, trusted_keys=keys, validate=loader)
 
