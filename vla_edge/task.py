@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vla_edge.checkpoint import TASK_ID_PATTERN, CheckpointStore, StepRecord, StepResolution, TaskState
 from vla_edge.config import TaskSettings
@@ -70,26 +70,55 @@ class TaskFile(BaseModel):
     task_id: str = Field(pattern=TASK_ID_PATTERN)
     steps: list[str] = Field(min_length=1, max_length=1000)
 
+    @field_validator("steps")
+    @classmethod
+    def _encodable(cls, steps: list[str]) -> list[str]:
+        for step in steps:
+            try:
+                step.encode("utf-8")  # a JSON "\udcff" escape decodes to a string no file or log can hold
+            except UnicodeEncodeError:
+                raise ValueError(f"step {ascii(step)} is not valid Unicode (a lone surrogate escape)") from None
+        return steps
+
     def spec(self) -> TaskSpec:
         return TaskSpec(task_id=self.task_id, steps=tuple(self.steps))
 
 
+MAX_TASK_FILE_BYTES = 1 << 20  # 1000 steps of 1000 characters fit; a larger file is refused before it is read
+
+
 def load_task(path: Path) -> TaskSpec:
-    """Read a ``.toml`` or ``.json`` task file. Raises TaskError naming what is wrong."""
+    """Read a ``.toml`` or ``.json`` task file. Raises TaskError naming what is wrong.
+
+    Every way a file can be unreadable is a TaskError: I/O errors, more than MAX_TASK_FILE_BYTES, bytes that are
+    not UTF-8, invalid TOML/JSON, nesting that exhausts the parser's recursion, and an invalid task.
+    """
     path = Path(path)
+    kind = path.suffix.lstrip(".").upper() or "JSON"
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_TASK_FILE_BYTES + 1)
     except OSError as exc:
         raise TaskError(f"cannot read task file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TASK_FILE_BYTES:
+        raise TaskError(f"task file {path} is larger than {MAX_TASK_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"task file {path} is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
     try:
         data: Any = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise TaskError(f"task file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from None
+        raise TaskError(f"task file {path} is not valid {kind}: {exc}") from None
+    except RecursionError:
+        raise TaskError(f"task file {path} is nested too deeply to be a task") from None
     try:
         task = TaskFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()[:10])
         raise TaskError(f"task file {path} is invalid: {problems}") from None
+    except RecursionError:
+        raise TaskError(f"task file {path} is nested too deeply to be a task") from None
     if any(not step.strip() for step in task.steps):
         raise TaskError(f"task file {path} has an empty instruction")
     return task.spec()

@@ -205,6 +205,11 @@ def test_daemon_mode_runs_task_files_from_the_inbox(tmp_path):
             while not inbox.is_dir() and time.monotonic() < deadline:
                 time.sleep(0.1)
             (inbox / "not-a-task.toml").write_text("steps = 3\n")
+            # Hostile files used to escape load_task and kill the daemon (and stay, so every restart crashed).
+            for name, data in (("deep.json", b'{"steps": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+                               ("latin1.toml", 'steps = ["à gauche"]\n'.encode("latin-1"))):
+                (inbox / f".{name}").write_bytes(data)  # whole, then renamed in: never read half-written
+                (inbox / f".{name}").rename(inbox / name)
             (inbox / "sort.toml").write_text(
                 'task_id = "inbox-1"\nsteps = ["put the blue block in the top bin", "put the red block in the left bin"]\n')
             moved_at = time.monotonic()
@@ -219,6 +224,8 @@ def test_daemon_mode_runs_task_files_from_the_inbox(tmp_path):
                 daemon.kill()
     assert time.monotonic() - moved_at < 60
     assert "task file" in (inbox / "failed" / "not-a-task.toml.error").read_text()
+    assert "nested too deeply" in (inbox / "failed" / "deep.json.error").read_text()
+    assert "not UTF-8" in (inbox / "failed" / "latin1.toml.error").read_text()
     # Stopped, not finished: it stays for the next start (or it finished already and moved to done/).
     assert (inbox / "sort.toml").exists() or (inbox / "done" / "sort.toml").exists()
     assert "task inbox-1 ended" in err

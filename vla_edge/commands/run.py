@@ -12,7 +12,7 @@ from vla_edge.config import load_settings
 from vla_edge.errors import VlaEdgeError
 from vla_edge.service import Daemon
 from vla_edge.inbox import TaskInbox
-from vla_edge.task import TaskError, load_task
+from vla_edge.task import load_task
 from vla_edge.telemetry import configure_logging
 
 log = logging.getLogger("vla_edge.run")
@@ -69,17 +69,12 @@ def serve_inbox(daemon: Daemon, inbox: TaskInbox, stop: threading.Event, poll_s:
     """Run task files from the inbox, oldest first, until stopped; hold the arm while idle."""
     log.info("waiting for task files in %s", inbox.directory)
     while not stop.is_set():
-        path = inbox.next_task()
-        if path is None:
+        taken = inbox.take()  # a file that is not a valid task moves to failed/ with the reason; never raises
+        if taken is None:
             daemon.idle()
             stop.wait(poll_s)
             continue
-        try:
-            spec = load_task(path)
-        except TaskError as exc:
-            log.error("refusing task file %s: %s", path, exc)
-            inbox.finish(path, "failed", str(exc))
-            continue
+        path, spec = taken
         result = daemon.run_task(spec, stop)
         log.info("task %s ended: %s at step %d", result.task_id, result.status, result.next_step)
         if result.status == "completed":
