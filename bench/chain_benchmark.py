@@ -3,32 +3,31 @@
     python -m bench.chain_benchmark --chains 100 --out bench/results/chain     # ~minutes on 2 cores
     python -m bench.chain_benchmark --quick --out /tmp/chain                   # 5 chains, CI smoke
 
-Both modes run the SAME chains (layouts, instructions) with the SAME policy noise, in simulated time:
+Both modes run the SAME chains (layouts, instructions) with the SAME policy noise, in simulated time, on the
+robot's own executor (``vla_edge.simulation.SimulatedRobot``: the daemon's ``PolicyStepExecutor`` and
+``ChunkScheduler`` on a simulated clock and the simulated arm):
 
-* **autonomous**: the policy alone; every chunk is actuated whatever its verdict. A failed step is finished by
-  the scripted expert only so the next step starts where the chain expects (the chain already counts as failed).
-  Its steps give each signal's AUROC for predicting step failure and the gate's would-be miss/false-alarm rates.
+* **autonomous**: the policy alone; the executor runs in shadow mode (every verdict computed, every chunk
+  actuated). A failed step is finished by the scripted expert only so the next step starts where the chain
+  expects (the chain already counts as failed). Its steps give each signal's AUROC for predicting step failure
+  and the gate's would-be miss/false-alarm rates.
 * **gated**: the real ``TaskRunner`` (checkpoints every 4 steps with operator verification), the real
   ``EscalationQueue`` and the real ``ConfidenceMonitor`` on every chunk; a failed verdict holds the arm and
   escalates. A simulated operator answers at once in wall time but is charged ``--operator-delay-s`` of
   operator time per answer: it looks at the world (the judge), approves a verification when every covered
   step succeeded, and otherwise takes over and finishes the step with the scripted expert (also charged).
 
-What runs for real: ONNX Runtime (``PolicyRunner``, K noise samples per chunk), ``select_chunk``,
+What runs for real: ONNX Runtime (``PolicyRunner``, K noise samples per chunk), the executor and its scheduler,
 ``ConfidenceMonitor`` (built by the daemon's own ``build_monitor``), ``TaskRunner``, ``EscalationQueue``,
-``CheckpointStore``, the pymunk world and its judge. What is re-implemented: the executor's receding-horizon
-timing (``SimTimeExecutor`` mirrors ``PolicyStepExecutor`` + ``ChunkScheduler``: with ``scheduler.plan_ahead``,
-the default, the next chunk is planned from the frame taken after the last action and arrives before the next tick,
-so each chunk runs its actions 0..H-r-1; with ``boundary="freeze"`` or without plan-ahead, a one-tick inference
-delay: each chunk runs its actions 1..H-r-1, then its action H-r is committed (with freeze, passed as the next
-chunk's frozen prefix) while that chunk is computed), and the operator (``ScriptedOperator`` answers as ``hil.harness.SimulatedOperator``
-does, without threads). Simulated time makes 100 chains take minutes instead of the ~50 min of real time.
+``CheckpointStore``, the pymunk world and its judge. Simulated: time (``SimClock``; inference is synchronous and
+its chunk arrives at the next tick, as the worker's ~2 ms chunk planned half a tick ahead does on the robot) and
+the operator (``ScriptedOperator`` answers as ``hil.harness.SimulatedOperator`` does, without threads).
+Simulated time makes 100 chains take minutes instead of the ~50 min of real time.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import tempfile
@@ -36,299 +35,52 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from hil.expert import ScriptedExpert
-from hil.tasks import Step, explain_step, make_chain, parse_instruction
-from hil.world import BIN_RECTS, CONTROL_RATE_HZ, TabletopWorld
-from vla_edge.bundle import Bundle, load_bundle
+from hil.world import CONTROL_RATE_HZ, TabletopWorld
+from vla_edge.bundle import Bundle
 from vla_edge.calibration import (
-    CALIBRATED_SIGNALS,
     CalibrationError,
     StepScores,
     auroc,
     calibrate_miss_rate,
+    calibrated_signals,
+    fixed_thresholds,
     rates,
 )
 from vla_edge.checkpoint import CheckpointStore
-from vla_edge.confidence import DEFAULT_THRESHOLDS, SIGNALS, ChunkContext, ConfidenceMonitor, select_chunk
-from vla_edge.config import ConfidenceSettings, Settings, TaskSettings
-from vla_edge.operator.escalation import Decision, Escalation, EscalationQueue, TeleopChannel
+from vla_edge.confidence import DEFAULT_THRESHOLDS, SIGNALS, ConfidenceMonitor
+from vla_edge.config import Settings, TaskSettings
+from vla_edge.executor import ExecutorSettings
+from vla_edge.operator.escalation import Decision, Escalation, EscalationQueue
 from vla_edge.paths import REFERENCE_BUNDLE_DIR
 from vla_edge.policy import PolicyRunner
-from vla_edge.task import StepReport, TaskEvent, TaskRunner, TaskSpec
-from vla_edge.types import ChunkSamples
+from vla_edge.simulation import (
+    HAND_PLACEMENT_S,
+    N_STEPS,
+    AutonomousChain,
+    ChainSetup,
+    SimulatedRobot,
+    StepRun,
+    base_monitor,
+    chain_setup,
+    collect_autonomous,
+    open_policy,
+    robot_for,
+    run_autonomous,
+    scene_mismatch,
+    simulation_settings,
+    step_scores,
+)
+from vla_edge.task import TaskRunner, TaskSpec
 
-DONE_INDEX = 3
-N_STEPS = 10
 CHECKPOINT_EVERY = 4
-REPAIR_MAX_TICKS = 150
-HAND_PLACEMENT_S = 15.0  # operator time charged when the gripper cannot reach a block and a person places it
 BENCH_SEED = 0
 CALIBRATION_SEED = 1000  # held-out chains: a different seed root, so no layout/chain of the benchmark is reused
-
-
-# ------------------------------------------------------------------------------------------- records
-
-
-@dataclass
-class ChunkRecord:
-    """One planned chunk: its signal values, its verdict, and how many of its actions reached the world."""
-
-    step: int
-    values: dict[str, float]
-    passed: bool
-    approved: bool = False
-    actuated: int = 0
-
-
-@dataclass
-class StepRun:
-    """One attempt at a step: by the policy (``run_step``) or by the operator/expert (``teleoperate``/repair)."""
-
-    step: int
-    driver: Literal["policy", "operator", "measurement_repair"]
-    outcome: str
-    success: bool | None  # the judge's verdict when the attempt ended "done"; None otherwise
-    reason: str
-    ticks: int
-    chunks: list[ChunkRecord] = field(default_factory=list)
-
-    def signal_max(self) -> dict[str, float]:
-        if not self.chunks:
-            return {}
-        return {name: max(c.values.get(name, 0.0) for c in self.chunks) for name in self.chunks[0].values}
-
-    def flagged(self) -> bool:
-        return any(not c.passed for c in self.chunks)
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    num_samples: int = 8
-    replan_when_remaining: int = 4
-    max_ticks: int = 120  # task.step_timeout_s (12 s) at 10 Hz
-    gate: bool = True
-    boundary: Literal["none", "freeze"] = "none"  # scheduler.boundary: freeze passes the committed action as prefix
-    plan_ahead: bool = True  # scheduler.plan_ahead: plan from the frame after the last action; row 0 runs
-
-
-# ------------------------------------------------------------------------------------------- executor
-
-
-class SimTimeExecutor:
-    """A `vla_edge.task.StepExecutor` on the simulated world, stepped directly (no sockets, no real time)."""
-
-    def __init__(
-        self,
-        world: TabletopWorld,
-        policy: PolicyRunner,
-        monitor: ConfidenceMonitor,
-        settings: LoopSettings,
-        noise_rng: np.random.Generator,
-        expert_rng: np.random.Generator,
-    ) -> None:
-        if not 1 <= settings.replan_when_remaining < policy.horizon:
-            raise ValueError(f"replan_when_remaining must be in [1, {policy.horizon - 1}]")
-        self.world = world
-        self.policy = policy
-        self.monitor = monitor
-        self.settings = settings
-        self._noise_rng = noise_rng
-        self._expert_rng = expert_rng
-        self.runs: list[StepRun] = []
-        self.outcomes: dict[int, tuple[bool, str]] = {}
-        self.resolved_by: dict[int, str] = {}  # who finished each step last: "policy" or "operator"
-        self.bins_before: dict[int, dict[str, str | None]] = {}
-        self.robot_ticks = 0
-        self.operator_ticks = 0
-        self.hand_placements = 0  # blocks the expert could not move (e.g. pushed off the table), placed by hand
-        self.low_confidence_actuations = 0  # actions from a chunk that neither passed nor was approved (must be 0)
-        self.holds: Counter[str] = Counter()
-        # Set by the operator before a verification take-over: the bins the chain's plan wants at the checkpoint.
-        self.scene_targets: dict[int, dict[str, str]] = {}
-
-    # -- StepExecutor ------------------------------------------------------------------------------------------
-    def run_step(
-        self, step_index: int, instruction: str, stop: threading.Event, *, override_once: bool = False
-    ) -> StepReport:
-        step = parse_instruction(instruction)
-        self.bins_before.setdefault(step_index, self.world.block_bins())
-        run = StepRun(step_index, "policy", "stalled", None, "", 0)
-        self.runs.append(run)
-        h, r = self.policy.horizon, self.settings.replan_when_remaining
-        # Planned ahead (the daemon's default): each chunk is planned from the frame after the last action and is
-        # ready before the next tick, so it runs rows 0..h-r-1. Otherwise one tick of inference delay: the action
-        # committed for that tick runs while the chunk is computed, and the chunk runs rows 1..h-r-1.
-        ahead = self.settings.plan_ahead and self.settings.boundary == "none"
-        first_row = 0 if ahead else 1
-        prefix: np.ndarray | None = None  # the committed action that runs while the next chunk is computed
-        owner: ChunkRecord | None = None  # the chunk it belongs to
-        last: np.ndarray | None = None  # the last action executed
-        previous: ChunkSamples | None = None
-        previous_start = 0
-        override = override_once
-        self.policy.set_instruction(instruction)
-        if ahead and not stop.is_set():  # the step's first tick holds while the first chunk is planned
-            self.world.hold()
-            self._tick(run)
-        while run.ticks < self.settings.max_ticks:
-            if stop.is_set():
-                return self._end(run, "stopped", "stop requested")
-            image, state, start_tick = self.world.render(), self.world.state(), run.ticks
-            if not ahead:
-                if prefix is None:
-                    self.world.hold()
-                    self._tick(run)
-                else:
-                    self._actuate(prefix, owner, run)  # type: ignore[arg-type]
-                    last = prefix
-                    if prefix[DONE_INDEX] > 0.5:
-                        return self._done(run, step)
-            frozen = prefix[None] if prefix is not None and self.settings.boundary == "freeze" else None
-            samples = self.policy.sample(
-                self.policy.encode(image, state),
-                self.settings.num_samples,
-                frozen,
-                noise=self._noise_rng.standard_normal(
-                    (self.settings.num_samples, h, self.policy.action_dim), dtype=np.float32
-                ),
-            )
-            chunk = select_chunk(samples.actions)
-            context = ChunkContext(previous, previous_start, start_tick, last)
-            verdict = self.monitor.evaluate(samples, chunk, context)
-            approved = override and not verdict.passed  # the operator saw this refusal and said go, once
-            record = ChunkRecord(step_index, dict(verdict.score), verdict.passed, approved=approved)
-            override = False
-            run.chunks.append(record)
-            if self.settings.gate and not (record.passed or record.approved):
-                self.holds["low_confidence"] += 1
-                run.reason = verdict.reason
-                return self._end(run, "low_confidence", verdict.reason, dict(verdict.score))
-            previous, previous_start = samples, start_tick
-            for action in chunk[first_row : h - r]:
-                self._actuate(action, record, run)
-                last = action
-                if action[DONE_INDEX] > 0.5:
-                    return self._done(run, step)
-                if run.ticks >= self.settings.max_ticks:
-                    break
-            if not ahead:
-                prefix, owner = chunk[h - r], record
-        self.holds["stalled"] += 1
-        return self._end(run, "stalled", f"step did not finish within {self.settings.max_ticks} ticks")
-
-    def teleoperate(
-        self, step_index: int, instruction: str, commands: TeleopChannel, stop: threading.Event
-    ) -> StepReport:
-        """The operator drives: here the scripted expert's moves, applied tick by tick (charged as operator time).
-        At a checkpoint the operator puts the scene right (every block where the plan wants it by now); after a
-        refusal or a stall it finishes the step."""
-        target = self.scene_targets.pop(step_index, None)
-        if target is not None:
-            run = self.repair_scene(step_index, target)
-        else:
-            run = self.repair(step_index, parse_instruction(instruction), driver="operator")
-        return StepReport("done" if not stop.is_set() else "stopped", self.world.render(), {}, run.reason, run.ticks)
-
-    def hold(self, reason: str) -> None:
-        """Holding moves nothing; the time an answer takes is charged by the operator, not ticked here."""
-
-    def latest_frame(self) -> np.ndarray | None:
-        return self.world.render()
-
-    # -- tasks ------------------------------------------------------------------------------------------------
-    def on_event(self, event: TaskEvent) -> None:
-        """A step (re)started by the task runner is judged against the bins as they are now."""
-        if event.kind == "step_started" and event.step_index is not None:
-            self.bins_before[event.step_index] = self.world.block_bins()
-
-    def repair(self, step_index: int, step: Step, driver: Literal["operator", "measurement_repair"]) -> StepRun:
-        """Finish ``step`` from wherever the world is, as a careful person would: first put back any block the
-        failed attempt knocked out of a bin, then move the named block. Judged like any other attempt."""
-        before = self.bins_before.setdefault(step_index, self.world.block_bins())
-        run = StepRun(step_index, driver, "done", None, "", 0)
-        self.runs.append(run)
-        now = self.world.block_bins()
-        knocked = [Step(c, b) for c, b in before.items() if c != step.colour and b is not None and now[c] != b]
-        for part in [*knocked, step]:
-            self._drive_expert(part, run, operator=driver == "operator")
-            self._place_by_hand_if_needed(part)
-        judgement = explain_step(self.world, step, before)
-        run.success, run.reason = judgement.success, judgement.reason
-        self.outcomes[step_index] = (judgement.success, judgement.reason)
-        self.resolved_by[step_index] = driver
-        return run
-
-    def repair_scene(self, step_index: int, target: dict[str, str]) -> StepRun:
-        """Move every misplaced block into the bin the plan wants (the operator fixing what a checkpoint found)."""
-        run = StepRun(step_index, "operator", "done", None, "", 0)
-        self.runs.append(run)
-        self._release_if_holding(run)
-        for colour, wanted in target.items():
-            if self.world.block_bins()[colour] != wanted:
-                self._drive_expert(Step(colour, wanted), run, operator=True)
-                self._place_by_hand_if_needed(Step(colour, wanted))
-        misplaced = scene_mismatch(self.world, target)
-        run.success, run.reason = not misplaced, "; ".join(misplaced)
-        self.outcomes[step_index] = (run.success, run.reason)
-        self.resolved_by[step_index] = "operator"
-        return run
-
-    def _place_by_hand_if_needed(self, step: Step) -> None:
-        """When the gripper could not do it (a block pushed off the reachable table), a person puts the block in
-        its bin: counted, and charged ``HAND_PLACEMENT_S`` of operator time."""
-        if self.world.block_bins()[step.colour] == step.bin:
-            return
-        rect = BIN_RECTS[step.bin]
-        centre = (0.5 * (rect.x0 + rect.x1), 0.5 * (rect.y0 + rect.y1))
-        self.world.arrange({step.colour: centre}, gripper=tuple(self.world.gripper_position()))
-        self.hand_placements += 1
-
-    def _release_if_holding(self, run: StepRun) -> None:
-        if self.world.held_block() is not None:
-            here = self.world.gripper_position()
-            self.world.step(np.array([here[0], here[1], 0.0, 0.0], dtype=np.float32))
-            self._tick(run, operator=True)
-
-    def _drive_expert(self, step: Step, run: StepRun, operator: bool) -> None:
-        expert = ScriptedExpert(self._expert_rng)
-        expert.reset(step)
-        for _ in range(REPAIR_MAX_TICKS):
-            self.world.step(expert.act(self.world))
-            self._tick(run, operator=operator)
-            if expert.finished:
-                break
-
-    # -- helpers ----------------------------------------------------------------------------------------------
-    def _tick(self, run: StepRun, operator: bool = False) -> None:
-        run.ticks += 1
-        self.robot_ticks += 1
-        if operator:
-            self.operator_ticks += 1
-
-    def _actuate(self, action: np.ndarray, record: ChunkRecord, run: StepRun) -> None:
-        # Counted where actions reach the world, independently of the gate's decision above.
-        if self.settings.gate and not (record.passed or record.approved):
-            self.low_confidence_actuations += 1
-        self.world.step(action)
-        record.actuated += 1
-        self._tick(run)
-
-    def _done(self, run: StepRun, step: Step) -> StepReport:
-        judgement = explain_step(self.world, step, self.bins_before[run.step])
-        run.outcome, run.success, run.reason = "done", judgement.success, judgement.reason
-        self.outcomes[run.step] = (judgement.success, judgement.reason)
-        self.resolved_by[run.step] = "policy"
-        return StepReport("done", self.world.render(), {}, "", run.ticks)
-
-    def _end(self, run: StepRun, outcome: str, reason: str, confidence: dict[str, float] | None = None) -> StepReport:
-        run.outcome, run.reason = outcome, reason
-        return StepReport(outcome, self.world.render(), confidence or {}, reason, run.ticks)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------- operator
@@ -343,7 +95,7 @@ class ScriptedOperator:
     operator time (simulated); take-overs also cost the ticks the expert drives."""
 
     def __init__(
-        self, executor: SimTimeExecutor, plan: Sequence[dict[str, str]], delay_s: float, max_answers: int = 40
+        self, executor: SimulatedRobot, plan: Sequence[dict[str, str]], delay_s: float, max_answers: int = 40
     ) -> None:
         self.executor = executor
         self.plan = plan  # plan[i]: the bins the chain wants after step i (only blocks that have a bin)
@@ -395,24 +147,7 @@ class AnsweredQueue(EscalationQueue):
 # ------------------------------------------------------------------------------------------- chains
 
 
-@dataclass(frozen=True)
-class ChainSetup:
-    index: int
-    world_seed: int
-    chain: tuple[Step, ...]
-    noise_seed: tuple[int, ...]
-    expert_seed: tuple[int, ...]
-
-
-def chain_setup(seed: int, index: int, n_steps: int = N_STEPS) -> ChainSetup:
-    """Chain ``index`` of ``seed``: the same layout and instructions as ``hil.rollout.evaluate`` draws."""
-    rng = np.random.default_rng([seed, index])
-    world_seed = int(rng.integers(2**31))
-    chain = tuple(make_chain(rng, TabletopWorld(world_seed), n_steps))
-    return ChainSetup(index, world_seed, chain, (seed, index, 1), (seed, index, 2))
-
-
-def plan_bins(world: TabletopWorld, chain: Sequence[Step]) -> list[dict[str, str]]:
+def plan_bins(world: TabletopWorld, chain: Sequence) -> list[dict[str, str]]:
     """After each step, where the plan wants the blocks: those that have a bin by then (the others may be
     anywhere on the table)."""
     bins = {c: b for c, b in world.block_bins().items() if b is not None}
@@ -421,44 +156,6 @@ def plan_bins(world: TabletopWorld, chain: Sequence[Step]) -> list[dict[str, str
         bins[step.colour] = step.bin
         plan.append(dict(bins))
     return plan
-
-
-def scene_mismatch(world: TabletopWorld, target: dict[str, str]) -> list[str]:
-    """What is wrong with the scene against ``target`` (empty when it matches and nothing is held)."""
-    now = world.block_bins()
-    wrong = [f"the {c} block is in {now[c] or 'no'} bin, not the {b} bin" for c, b in target.items() if now[c] != b]
-    held = world.held_block()
-    return wrong + ([f"the {held} block is still held"] if held is not None else [])
-
-
-@dataclass
-class AutonomousChain:
-    index: int
-    steps: list[StepRun]  # the policy's attempt at each step, in order
-
-    @property
-    def success(self) -> bool:
-        return all(bool(s.success) for s in self.steps)
-
-
-def run_autonomous(
-    setup: ChainSetup, policy: PolicyRunner, monitor: ConfidenceMonitor, settings: LoopSettings
-) -> AutonomousChain:
-    world = TabletopWorld(setup.world_seed)
-    executor = SimTimeExecutor(world, policy, monitor, dataclasses.replace(settings, gate=False),
-                               np.random.default_rng(setup.noise_seed), np.random.default_rng(setup.expert_seed))
-    stop = threading.Event()
-    attempts: list[StepRun] = []
-    for i, step in enumerate(setup.chain):
-        executor.bins_before[i] = world.block_bins()
-        executor.run_step(i, step.instruction, stop)
-        attempt = executor.runs[-1]
-        if attempt.success is None:
-            attempt.success = False
-        attempts.append(attempt)
-        if not attempt.success:
-            executor.repair(i, step, driver="measurement_repair")
-    return AutonomousChain(setup.index, attempts)
 
 
 @dataclass
@@ -485,25 +182,33 @@ def run_gated(
     setup: ChainSetup,
     policy: PolicyRunner,
     monitor: ConfidenceMonitor,
-    settings: LoopSettings,
+    settings: ExecutorSettings,
     state_dir: Path,
     operator_delay_s: float,
+    router=None,
 ) -> GatedChain:
-    world = TabletopWorld(setup.world_seed)
+    robot = robot_for(setup, policy, monitor, settings, router)
+    try:
+        return _run_gated(setup, robot, settings, state_dir, operator_delay_s)
+    finally:
+        robot.close()
+
+
+def _run_gated(setup: ChainSetup, robot: SimulatedRobot, settings: ExecutorSettings, state_dir: Path,
+               operator_delay_s: float) -> GatedChain:
+    world = robot.world
     plan = plan_bins(world, setup.chain)
-    executor = SimTimeExecutor(world, policy, monitor, dataclasses.replace(settings, gate=True),
-                               np.random.default_rng(setup.noise_seed), np.random.default_rng(setup.expert_seed))
-    operator = ScriptedOperator(executor, plan, operator_delay_s)
+    operator = ScriptedOperator(robot, plan, operator_delay_s)
     task_settings = TaskSettings(checkpoint_every=CHECKPOINT_EVERY, verify_at_checkpoint=True, state_dir=state_dir,
-                                 step_timeout_s=settings.max_ticks / CONTROL_RATE_HZ)
+                                 step_timeout_s=settings.step_timeout_s)
     steps = tuple(s.instruction for s in setup.chain)
     spec = TaskSpec(task_id=f"bench-{setup.noise_seed[0]}-{setup.index}", steps=steps)
-    runner = TaskRunner(spec, executor, AnsweredQueue(operator), CheckpointStore(state_dir), task_settings,
-                        answer_timeout_s=1.0, events=executor.on_event)
+    runner = TaskRunner(spec, robot, AnsweredQueue(operator), CheckpointStore(state_dir), task_settings,
+                        answer_timeout_s=1.0, events=robot.on_event)
     result = runner.run(threading.Event())
     final_ok = not scene_mismatch(world, plan[-1])
-    chunks = [c for run in executor.runs for c in run.chunks]
-    policy_runs = [r for r in executor.runs if r.driver == "policy"]
+    chunks = [c for run in robot.runs for c in run.chunks]
+    policy_runs = [r for r in robot.runs if r.driver == "policy"]
     return GatedChain(
         index=setup.index,
         status=result.status,
@@ -512,69 +217,20 @@ def run_gated(
         touches=dict(operator.touches),
         decisions=dict(operator.actions),
         operator_seconds=operator.operator_seconds,
-        robot_seconds=executor.robot_ticks / CONTROL_RATE_HZ + sum(operator.touches.values()) * operator_delay_s,
-        low_confidence_actuations=executor.low_confidence_actuations,
+        robot_seconds=robot.seconds + sum(operator.touches.values()) * operator_delay_s,
+        low_confidence_actuations=robot.low_confidence_actuations,
         chunks_actuated=sum(1 for c in chunks if c.actuated > 0),
         chunks_flagged=sum(1 for c in chunks if not c.passed),
         policy_attempts=len(policy_runs),
         gate_misses=sum(1 for r in policy_runs if r.outcome == "done" and not r.success),
-        hand_placements=executor.hand_placements,
-        steps_by_policy=sum(1 for i, who in executor.resolved_by.items()
-                            if who == "policy" and executor.outcomes.get(i, (False, ""))[0]),
-        runs=executor.runs,
+        hand_placements=robot.hand_placements,
+        steps_by_policy=sum(1 for i, who in robot.resolved_by.items()
+                            if who == "policy" and robot.outcomes.get(i, (False, ""))[0]),
+        runs=robot.runs,
     )
 
 
-# ------------------------------------------------------------------------------------------- monitor + policy
-
-
-def base_monitor(bundle: Bundle) -> ConfidenceMonitor:
-    """The daemon's own monitor (``service.build_monitor``): bounds, embedding statistics, spread dimensions."""
-    from vla_edge.service import build_monitor
-
-    monitor = build_monitor(bundle, Settings(confidence=ConfidenceSettings(enabled=True, thresholds_file=None)))
-    assert monitor is not None
-    return monitor
-
-
-def calibrated_signals(include_jerk: bool) -> tuple[str, ...]:
-    return (*CALIBRATED_SIGNALS, "jerk") if include_jerk else CALIBRATED_SIGNALS
-
-
-def fixed_thresholds(include_jerk: bool = False) -> dict[str, float]:
-    """The gate's signals that calibration does not fit (limits; jerk unless asked): their defaults."""
-    fitted = calibrated_signals(include_jerk)
-    return {s: DEFAULT_THRESHOLDS[s] for s in SIGNALS if s not in fitted}
-
-
-def with_thresholds(monitor: ConfidenceMonitor, thresholds: dict[str, float]) -> ConfidenceMonitor:
-    merged = dict(DEFAULT_THRESHOLDS)
-    merged.update(thresholds)
-    return dataclasses.replace(monitor, thresholds=merged)
-
-
-def open_policy(bundle_dir: Path, precision: str, threads: int = 2) -> tuple[Bundle, PolicyRunner]:
-    bundle = load_bundle(bundle_dir)
-    return bundle, PolicyRunner(bundle, precision=precision, providers=["CPUExecutionProvider"],
-                                intra_op_threads=threads, seed=0)
-
-
-def step_scores(chains: Sequence[AutonomousChain], signals: Sequence[str] = SIGNALS) -> StepScores:
-    rows = [(step.signal_max(), not step.success) for chain in chains for step in chain.steps]
-    return StepScores.from_rows(rows, signals)
-
-
-def collect_step_scores(
-    policy: PolicyRunner, monitor: ConfidenceMonitor, n_chains: int, seed: int, settings: LoopSettings,
-    progress: Any = None,
-) -> tuple[list[AutonomousChain], StepScores]:
-    """Held-out autonomous rollouts for calibration: per step, each signal's maximum and the judge's verdict."""
-    chains = []
-    for index in range(n_chains):
-        chains.append(run_autonomous(chain_setup(seed, index), policy, monitor, settings))
-        if progress is not None:
-            progress()
-    return chains, step_scores(chains)
+# ------------------------------------------------------------------------------------------- monitor
 
 
 # ------------------------------------------------------------------------------------------- summary
@@ -731,7 +387,7 @@ def save_plot(summary: dict[str, Any], path: Path) -> Path:
 
 def resolve_thresholds(
     args: argparse.Namespace, bundle: Bundle, policy: PolicyRunner, monitor: ConfidenceMonitor,
-    settings: LoopSettings, console: Any,
+    settings: ExecutorSettings, console: Any,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Thresholds from a file, the bundle, the defaults, or a calibration run on held-out chains (reported)."""
     from vla_edge.service import load_thresholds
@@ -750,7 +406,7 @@ def resolve_thresholds(
     console.print(f"calibrating on {args.calibration_chains} held-out chains (seed {args.calibration_seed}) "
                   f"for a target miss rate of {args.target_miss_rate:g} …")
     started = time.perf_counter()
-    _, scores = collect_step_scores(policy, monitor, args.calibration_chains, args.calibration_seed, settings)
+    scores = step_scores(collect_autonomous(policy, monitor, args.calibration_chains, args.calibration_seed, settings))
     try:
         calibration = calibrate_miss_rate(scores, args.target_miss_rate, calibrated_signals(args.calibrate_jerk),
                                           fixed_thresholds(args.calibrate_jerk))
@@ -802,10 +458,10 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console()
     bundle, policy = open_policy(args.bundle, args.precision)
-    settings = LoopSettings(num_samples=args.samples)
+    settings = simulation_settings(bundle.manifest, num_samples=args.samples)
     monitor = base_monitor(bundle)
     thresholds, threshold_info = resolve_thresholds(args, bundle, policy, monitor, settings, console)
-    monitor = with_thresholds(monitor, thresholds)
+    monitor = monitor.with_thresholds(thresholds)
 
     autonomous: list[AutonomousChain] = []
     gated: list[GatedChain] = []

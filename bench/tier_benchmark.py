@@ -4,12 +4,13 @@ local + remote + operator (and the remote policy alone, for its capability).
     python -m bench.tier_benchmark --chains 30 --out bench/results/tiers      # starts a Triton server itself
     python -m bench.tier_benchmark --quick --out /tmp/tiers                   # 3 chains, smoke
 
-Every configuration runs the SAME chains with the SAME local noise, through the chain benchmark's simulated-time
-executor and gated task runner (``bench.chain_benchmark``): only the planner differs. With a remote tier, a
-chunk whose local verdict fails is sent to a real Triton server (``vla-edge remote serve`` on the remote bundle,
-over gRPC with the daemon's deadline) by the daemon's own ``TieredPlanner``; the remote verdict decides. Without
-an operator, the chunk of the last tier asked is actuated whatever its verdict (the chain benchmark's
-"autonomous" mode); with one, a chunk no tier passes holds and escalates to the scripted operator, who takes over.
+Every configuration runs the SAME chains with the SAME local noise on the robot's own executor in simulated time
+(``vla_edge.simulation``; with an operator, the chain benchmark's gated task runner): only the router differs.
+With a remote tier, the executor's router is the daemon's own ``TieredPlanner``: a chunk whose local verdict
+fails is sent to a real Triton server (``vla-edge remote serve`` on the remote bundle, over gRPC with the
+daemon's deadline) and the remote verdict decides. Without an operator, the executor runs in shadow mode: the
+chunk of the last tier asked is actuated whatever its verdict (the chain benchmark's "autonomous" mode); with
+one, a chunk no tier passes holds and escalates to the scripted operator, who takes over.
 
 Reported per configuration: chain success, operator touches per chain, per-step success of the policy's own
 attempts, p50/p99 latency of one planning step (local inference, plus the remote round trip when asked; wall
@@ -27,117 +28,27 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.chain_benchmark import (
-    LoopSettings,
+from bench.chain_benchmark import run_gated
+from hil.harness import free_port
+from vla_edge.confidence import DEFAULT_THRESHOLDS, ConfidenceMonitor
+from vla_edge.paths import REFERENCE_BUNDLE_DIR, REMOTE_BUNDLE_DIR
+from vla_edge.policy import PolicyRunner
+from vla_edge.remote import RemotePolicyClient
+from vla_edge.routing import TieredPlanner, TierMetrics, output_limits
+from vla_edge.simulation import (
     base_monitor,
     chain_setup,
     open_policy,
+    robot_for,
     run_autonomous,
-    run_gated,
-    with_thresholds,
+    simulation_settings,
 )
-from hil.harness import free_port
-from vla_edge.confidence import DEFAULT_THRESHOLDS, ChunkContext, ConfidenceMonitor, select_chunk
-from vla_edge.paths import REFERENCE_BUNDLE_DIR, REMOTE_BUNDLE_DIR
-from vla_edge.policy import EncodedObservation, PolicyRunner
-from vla_edge.remote import RemotePolicyClient
-from vla_edge.routing import RoutedChunk, TieredPlanner, TierMetrics, output_limits
 from vla_edge.telemetry import Metrics
-from vla_edge.types import ChunkSamples, Observation, Verdict
-
-
-
-@dataclass
-class TierStats:
-    latencies_ms: list[float] = field(default_factory=list)
-    settled: Counter[str] = field(default_factory=Counter)
-    remote_outcomes: Counter[str] = field(default_factory=Counter)
-
-
-class TieredPolicy:
-    """What ``SimTimeExecutor`` calls as its policy (set_instruction / encode / sample), routed across tiers.
-
-    ``sample`` runs the local policy, the local verdict and, when that fails, the ``TieredPlanner``; it returns
-    the chosen tier's samples. `TieredMonitor` hands the executor the verdict already computed for them. The
-    verdict context mirrors the executor's: the previous accepted chunk started ``horizon - replan`` ticks
-    earlier, and the committed prefix action is the last executed one.
-    """
-
-    def __init__(self, local: PolicyRunner, monitor: ConfidenceMonitor, planner: TieredPlanner | None,
-                 replan_when_remaining: int, stats: TierStats) -> None:
-        self.local = local
-        self.monitor = monitor
-        self.planner = planner
-        self.stats = stats
-        self._offset = local.horizon - replan_when_remaining
-        self._instruction = ""
-        self._observation: tuple[np.ndarray, np.ndarray] | None = None
-        self._previous: ChunkSamples | None = None
-        self.last: RoutedChunk | None = None
-
-    @property
-    def horizon(self) -> int:
-        return self.local.horizon
-
-    @property
-    def action_dim(self) -> int:
-        return self.local.action_dim
-
-    def set_instruction(self, text: str) -> float:
-        self._instruction = text
-        self._previous = None  # every step attempt starts without a previous chunk, as in the executor
-        return self.local.set_instruction(text)
-
-    def encode(self, image: np.ndarray, state: np.ndarray) -> EncodedObservation:
-        self._observation = (image, state)
-        return self.local.encode(image, state)
-
-    def sample(self, encoded: EncodedObservation, num_samples: int, prefix: np.ndarray | None = None,
-               noise: np.ndarray | None = None) -> ChunkSamples:
-        started = time.perf_counter()
-        local = self.local.sample(encoded, num_samples, prefix, noise)
-        chunk = select_chunk(local.actions)
-        context = ChunkContext(self._previous, 0, self._offset if self._previous is not None else 0,
-                               None if prefix is None else prefix[-1])
-        verdict = self.monitor.evaluate(local, chunk, context)
-        if self.planner is None:
-            routed = RoutedChunk(local, chunk, verdict, "local" if verdict.passed else "operator")
-        else:
-            assert self._observation is not None
-            image, state = self._observation
-            routed = self.planner.route(Observation(image, state, self._instruction, 0), prefix, num_samples,
-                                        local, chunk, verdict, context, time.perf_counter() - started)
-        self.stats.latencies_ms.append((time.perf_counter() - started) * 1e3)
-        self.stats.settled[routed.tier] += 1
-        if routed.remote_outcome is not None:
-            self.stats.remote_outcomes[routed.remote_outcome] += 1
-        self.last = routed
-        self._previous = routed.samples
-        return routed.samples
-
-
-@dataclass(frozen=True)
-class TieredMonitor:
-    """The executor's monitor: the routed verdict for the routed samples (computed once, by the planner)."""
-
-    policy: TieredPolicy
-    base: ConfidenceMonitor
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        return dict(self.base.thresholds)
-
-    def evaluate(self, samples: ChunkSamples, chunk: np.ndarray, context: ChunkContext) -> Verdict:
-        last = self.policy.last
-        if last is not None and samples is last.samples:
-            return last.verdict
-        return self.base.evaluate(samples, chunk, context)
 
 
 class TritonServe:
@@ -176,74 +87,87 @@ CONFIGS = (
 )
 
 
-def run_config(name: str, remote: bool, operator: bool, args: argparse.Namespace, local: PolicyRunner,
-               monitor: ConfidenceMonitor, remote_url: str | None, limits, state_dir: Path) -> dict[str, Any]:
-    stats = TierStats()
-    metrics = Metrics()
-    planner = None
-    if remote:
-        client = RemotePolicyClient(remote_url, "vla_remote", args.deadline_ms, limits)  # type: ignore[arg-type]
-        planner = TieredPlanner(client, monitor, TierMetrics(metrics), seed=args.seed)
-    settings = LoopSettings(num_samples=args.samples)
-    policy = TieredPolicy(local, monitor, planner, settings.replan_when_remaining, stats)
-    gate = TieredMonitor(policy, monitor)
-    chains, touches, step_success = [], [], []
-    for index in range(args.chains):
-        setup = chain_setup(args.seed, index)
-        if operator:
-            chain = run_gated(setup, policy, gate, settings, state_dir, args.operator_delay_s)  # type: ignore[arg-type]
-            chains.append(chain.success)
-            touches.append(sum(chain.touches.values()))
-            attempts = [r for r in chain.runs if r.driver == "policy" and r.outcome == "done"]
-            step_success.extend(bool(r.success) for r in attempts)
-        else:
-            chain = run_autonomous(setup, policy, gate, settings)  # type: ignore[arg-type]
-            chains.append(chain.success)
-            touches.append(0)
-            step_success.extend(bool(s.success) for s in chain.steps)
-    if planner is not None:
-        planner.close()
-    latencies = np.asarray(stats.latencies_ms)
+def _policy_chunks(runs) -> list:
+    return [c for run in runs if run.driver == "policy" for c in run.chunks]
+
+
+def _row(name: str, chains: int, successes: list[bool], touches: list[int], step_success: list[bool],
+         chunks: list, remote_outcomes: dict[str, int]) -> dict[str, Any]:
+    latencies = np.asarray([c.latency_ms for c in chunks])
+    settled = Counter("operator" if not c.passed else c.tier for c in chunks)
     return {
         "config": name,
-        "chains": args.chains,
-        "chain_success": float(np.mean(chains)),
+        "chains": chains,
+        "chain_success": float(np.mean(successes)),
         "operator_touches_per_chain": float(np.mean(touches)),
         "policy_step_success": float(np.mean(step_success)) if step_success else None,
         "p50_step_latency_ms": float(np.percentile(latencies, 50)),
         "p99_step_latency_ms": float(np.percentile(latencies, 99)),
         "chunks": int(latencies.size),
-        "settled_by": dict(stats.settled),
-        "remote_outcomes": dict(stats.remote_outcomes),
+        "settled_by": dict(settled),
+        "remote_outcomes": remote_outcomes,
     }
+
+
+def run_config(name: str, remote: bool, operator: bool, args: argparse.Namespace, local: PolicyRunner,
+               monitor: ConfidenceMonitor, remote_url: str | None, limits, state_dir: Path) -> dict[str, Any]:
+    """The configuration on the robot's own executor: the daemon's ``TieredPlanner`` as its router when remote;
+    with an operator, the gated task runner of the chain benchmark; without, the executor in shadow mode."""
+    tier_metrics = CountingTierMetrics(Metrics())
+    planner = None
+    if remote:
+        client = RemotePolicyClient(remote_url, "vla_remote", args.deadline_ms, limits)  # type: ignore[arg-type]
+        planner = TieredPlanner(client, monitor, tier_metrics, seed=args.seed)
+    settings = simulation_settings(local.manifest, num_samples=args.samples)
+    successes, touches, step_success, chunks = [], [], [], []
+    for index in range(args.chains):
+        setup = chain_setup(args.seed, index)
+        if operator:
+            chain = run_gated(setup, local, monitor, settings, state_dir, args.operator_delay_s, router=planner)
+            successes.append(chain.success)
+            touches.append(sum(chain.touches.values()))
+            attempts = [r for r in chain.runs if r.driver == "policy" and r.outcome == "done"]
+            step_success.extend(bool(r.success) for r in attempts)
+            chunks.extend(_policy_chunks(chain.runs))
+        else:
+            free = run_autonomous(setup, local, monitor, settings, router=planner)
+            successes.append(free.success)
+            touches.append(0)
+            step_success.extend(bool(s.success) for s in free.steps)
+            chunks.extend(_policy_chunks(free.steps))
+    if planner is not None:
+        planner.close()
+    return _row(name, args.chains, successes, touches, step_success, chunks, dict(tier_metrics.remote_outcomes))
+
+
+class CountingTierMetrics(TierMetrics):
+    """The planner's metrics, also counting the remote tier's outcomes for the table."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(metrics)
+        self.remote_outcomes: Counter[str] = Counter()
+
+    def record(self, tier: str, outcome: str, seconds: float | None) -> None:
+        super().record(tier, outcome, seconds)
+        if tier == "remote":
+            self.remote_outcomes[outcome] += 1
 
 
 def remote_alone(args: argparse.Namespace, monitor: ConfidenceMonitor) -> dict[str, Any]:
     """The remote bundle run in-process with no gate: its capability on the same chains."""
-    _, runner = open_policy(args.remote_bundle, "fp32")
-    stats = TierStats()
-    settings = LoopSettings(num_samples=args.samples)
-    policy = TieredPolicy(runner, with_thresholds(base_monitor(runner.bundle), dict(DEFAULT_THRESHOLDS)), None,
-                          settings.replan_when_remaining, stats)
-    successes, steps = [], []
+    bundle, runner = open_policy(args.remote_bundle, "fp32")
+    own = base_monitor(bundle).with_thresholds(dict(DEFAULT_THRESHOLDS))
+    settings = simulation_settings(runner.manifest, num_samples=args.samples)
+    successes, steps, chunks = [], [], []
     for index in range(args.chains):
-        chain = run_autonomous(chain_setup(args.seed, index), policy, TieredMonitor(policy, policy.monitor),
-                               settings)  # type: ignore[arg-type]
+        chain = run_autonomous(chain_setup(args.seed, index), runner, own, settings)
         successes.append(chain.success)
         steps.extend(bool(s.success) for s in chain.steps)
-    latencies = np.asarray(stats.latencies_ms)
-    return {
-        "config": "remote policy alone (in-process, reference)",
-        "chains": args.chains,
-        "chain_success": float(np.mean(successes)),
-        "operator_touches_per_chain": 0.0,
-        "policy_step_success": float(np.mean(steps)),
-        "p50_step_latency_ms": float(np.percentile(latencies, 50)),
-        "p99_step_latency_ms": float(np.percentile(latencies, 99)),
-        "chunks": int(latencies.size),
-        "settled_by": {},
-        "remote_outcomes": {},
-    }
+        chunks.extend(_policy_chunks(chain.steps))
+    row = _row("remote policy alone (in-process, reference)", args.chains, successes, [0] * len(successes), steps,
+               chunks, {})
+    row["settled_by"] = {}
+    return row
 
 
 def print_table(rows: list[dict[str, Any]], console: Any) -> None:
@@ -290,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         from vla_edge.service import load_thresholds
 
         thresholds, source = load_thresholds(Path(args.thresholds)), args.thresholds
-    monitor = with_thresholds(base_monitor(bundle), thresholds)
+    monitor = base_monitor(bundle).with_thresholds(thresholds)
     args.out.mkdir(parents=True, exist_ok=True)
     server = None
     url = args.remote_url

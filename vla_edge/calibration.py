@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from vla_edge.bundle import MANIFEST_FILE, SIGNATURE_FILE, read_manifest, write_manifest
+from vla_edge.confidence import DEFAULT_THRESHOLDS, SIGNALS
 from vla_edge.errors import VlaEdgeError
 
 CALIBRATED_SIGNALS: tuple[str, ...] = ("spread", "consistency", "ood")
@@ -127,6 +128,16 @@ FLOORS: dict[str, float] = {"jerk": 1.05}
 
 def thresholds_at_level(successes: StepScores, level: float, signals: Sequence[str]) -> dict[str, float]:
     return {s: max(conformal_threshold(successes.values[s], level), FLOORS.get(s, -math.inf)) for s in signals}
+
+
+def calibrated_signals(include_jerk: bool = False) -> tuple[str, ...]:
+    return (*CALIBRATED_SIGNALS, "jerk") if include_jerk else CALIBRATED_SIGNALS
+
+
+def fixed_thresholds(include_jerk: bool = False) -> dict[str, float]:
+    """The gate's signals that calibration does not fit (limits; jerk unless asked): their defaults."""
+    fitted = calibrated_signals(include_jerk)
+    return {s: DEFAULT_THRESHOLDS[s] for s in SIGNALS if s not in fitted}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ Signals (higher is worse for every one of them, so each is compared as ``value <
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -154,6 +154,10 @@ class ConfidenceMonitor:
     embedding_stats: EmbeddingStats | None
     thresholds: Mapping[str, float]
     spread_dims: np.ndarray | None = None
+
+    def with_thresholds(self, thresholds: Mapping[str, float]) -> ConfidenceMonitor:
+        """The same monitor with ``thresholds`` over the defaults (signals not named keep their default)."""
+        return replace(self, thresholds={**DEFAULT_THRESHOLDS, **thresholds})
 
     def evaluate(self, samples: ChunkSamples, chunk: np.ndarray, context: ChunkContext) -> Verdict:
         values = {

@@ -97,6 +97,23 @@ class ConfidenceSettings(Section):
     thresholds_file: Path | None = Field(None, description="Calibrated thresholds; defaults to the bundle's.")
 
 
+class RecoverySettings(Section):
+    """What the robot tries by itself before it asks the operator (docs/confidence.md, "Recover before asking")."""
+
+    resample_tries: int = Field(
+        0, ge=0, le=10,
+        description="A chunk the confidence gate refuses is re-sampled from a fresh frame with new noise up to this "
+        "many times (the previous chunk's already-judged actions run meanwhile, then the arm holds); only a chunk "
+        "that passes runs. 0: escalate at once.",
+    )
+    resample_deadline_s: float = Field(
+        1.0, gt=0, description="Re-samples stop this long after the first refusal; then the step escalates."
+    )
+    resample_num_samples: int | None = Field(
+        None, ge=2, le=64, description="K for a re-sample (more samples, a steadier verdict); unset: policy.num_samples."
+    )
+
+
 class StreamSettings(Section):
     command_endpoint: str = Field("tcp://127.0.0.1:5571", description="Daemon binds; controllers connect.")
     state_endpoint: str = Field("tcp://127.0.0.1:5572", description="Controller state and heartbeats back.")
@@ -172,6 +189,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     confidence: ConfidenceSettings = Field(default_factory=ConfidenceSettings)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     task: TaskSettings = Field(default_factory=TaskSettings)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)

@@ -1,45 +1,62 @@
 """The policy step executor: one step of a task, tick by tick, from camera frames to commands on the wire.
 
-Each control tick (fixed rate, monotonic clock) it
+Each control tick (fixed rate, on the executor's `Clock`) it
 
 1. takes the newest camera frame (never one older than ``camera.max_frame_age_ms``),
-2. asks the `ChunkScheduler` what the motors do now; the scheduler's worker thread plans chunks with the policy
-   and the confidence monitor in the background,
-3. sends that action on the `ActionStream` with its due time, or a hold when there is nothing valid to send,
+2. asks the `ChunkScheduler` what the motors do now; the scheduler plans chunks with the policy and the
+   confidence monitor (in a worker thread on the robot; synchronously, with a simulated delay, on a `SimClock`),
+3. sends that action to the `ActionSink` with its due time, or a hold when there is nothing valid to send,
 4. records the tick (dataset, telemetry, console) and tells the watchdog the loop made progress,
 5. half a tick later, takes the frame that shows the action executed and lets the scheduler request the next
    chunk from it (``scheduler.plan_ahead``), so that chunk's first action is the one that runs next.
 
 A step ends when an action that says ``done`` was *actuated* (the controller's state report acknowledges it; sent
-is not enough); when a chunk fails its confidence verdict (the arm holds and the task runner escalates); when the
-step runs past ``task.step_timeout_s`` (stalled); or when asked to stop.
+is not enough); when a chunk fails its confidence verdict and the re-samples allowed by ``recovery`` did not
+replace it (the arm holds and the task runner escalates); when the step runs past ``task.step_timeout_s``
+(stalled); or when asked to stop.
 
 The controller's state is trusted only while it is fresh (`ActionStream.fresh_state`): while the controller is
 dead or stale the arm is asked to hold, nothing planned earlier runs, no chunk is planned and no step completes.
 A command the controller refused (late, over-velocity, ...: the arm is not where the plan assumed) drops the rest
 of its chunk, and the next chunk is planned from the measured position; a take-over re-bases the operator's target
 on the measured position the same way (docs/wire.md §6).
+
+It depends only on small interfaces (`ChunkPolicy`, `Camera`, `ActionSink`, `StateSource`, `Clock`): the daemon
+passes the ONNX policy, the camera, the ZeroMQ stream and the monotonic clock; the benchmarks and ``vla-edge
+calibrate`` pass the same policy and the simulated arm of the reference world on a simulated clock
+(`vla_edge.simulation`). One loop, measured where it runs.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from vla_edge.camera import FrameSource
+from vla_edge.camera import CameraStatus
+from vla_edge.clock import Clock, MonotonicClock
 from vla_edge.confidence import ChunkContext, ConfidenceMonitor, select_chunk
 from vla_edge.operator.escalation import TeleopChannel
-from vla_edge.policy import PolicyRunner
 from vla_edge.routing import TieredPlanner
-from vla_edge.scheduler import ChunkScheduler, InferenceRequest, PlannedChunk, RateLoop, TickDecision, realtime_tick
-from vla_edge.stream import ActionStream
+from vla_edge.scheduler import (
+    ChunkScheduler,
+    InferenceRequest,
+    PlannedChunk,
+    RateLoop,
+    Recovery,
+    SimulatedInference,
+    ThreadedInference,
+    TickDecision,
+    realtime_tick,
+)
 from vla_edge.task import StepReport
-from vla_edge.types import Frame, Observation, Verdict
-from vla_edge.wire import StateReport
+from vla_edge.types import ChunkSamples, Frame, Observation, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +64,80 @@ DONE_INDEX = 3  # the action's "step finished" flag (the reference action space:
 GRIP_INDEX = 2
 # A controller speaking wire version 1 has no seq_rejected; its hold reason then says why a command was refused.
 _REFUSAL_REASONS = frozenset({"late", "stale", "wrong_dim", "non_finite", "out_of_limits", "over_velocity"})
+
+
+def step_done(action: np.ndarray) -> bool:
+    """Whether an executed action ends the step (the one place that reads the ``done`` dimension)."""
+    return bool(action[DONE_INDEX] > 0.5)
+
+
+# -- what the executor needs from the world ---------------------------------------------------------------------
+
+
+class ChunkPolicy(Protocol):
+    """K sampled action chunks for one observation (`vla_edge.policy.PolicyRunner`)."""
+
+    @property
+    def horizon(self) -> int: ...
+
+    @property
+    def action_dim(self) -> int: ...
+
+    def infer(self, image: np.ndarray, state: np.ndarray, instruction: str, num_samples: int = 8,
+              prefix: np.ndarray | None = None, t_obs_ns: int | None = None) -> ChunkSamples: ...
+
+
+class Camera(Protocol):
+    """The newest frame and whether frames may be acted on (`vla_edge.camera.FrameSource`)."""
+
+    def latest(self, max_age_ms: float | None = None) -> Frame | None: ...
+
+    @property
+    def status(self) -> CameraStatus: ...
+
+
+class ActionSink(Protocol):
+    """Where commands go (`vla_edge.stream.ActionStream`; the simulated arm in benchmarks)."""
+
+    def send_action(self, values: np.ndarray, t_due_ns: int) -> int:
+        """Send one command; its sequence number, or -1 when nothing was sent (no controller ready)."""
+        ...
+
+    def send_hold(self, reason: str) -> None: ...
+
+
+class ControllerState(Protocol):
+    """What the executor reads of a controller's state report (`vla_edge.wire.StateReport`)."""
+
+    @property
+    def actual(self) -> Sequence[float]: ...
+
+    @property
+    def seq_applied(self) -> int: ...
+
+    @property
+    def seq_rejected(self) -> int | None: ...
+
+    @property
+    def holding(self) -> bool: ...
+
+    @property
+    def hold_reason(self) -> str: ...
+
+    @property
+    def t_sent_ns(self) -> int: ...
+
+
+class StateSource(Protocol):
+    """The robot's measured state and what it actuated (`vla_edge.stream.ActionStream`)."""
+
+    def fresh_state(self) -> ControllerState | None:
+        """The newest state report while the controller is alive and reporting; None while it is dead or stale."""
+        ...
+
+    def actuated(self, seqs: set[int]) -> bool:
+        """Whether the controller has reported actuating any of the commands ``seqs``."""
+        ...
 
 
 class TickObserver:
@@ -73,13 +164,44 @@ class ExecutorSettings:
     plan_ahead: bool = True  # request the next chunk half a tick after an action is sent (scheduler.plan_ahead)
     realtime_priority: int | None = None  # SCHED_FIFO for the tick thread while a step runs (scheduler.realtime_tick)
     gil_switch_interval_ms: float = 0.5
+    resample_tries: int = 0  # recovery.resample_tries: re-samples of a refused chunk before escalating
+    resample_deadline_s: float = 1.0  # recovery.resample_deadline_s
+    resample_num_samples: int | None = None  # recovery.resample_num_samples: K for a re-sample (None: num_samples)
+    gate: bool = True  # False: verdicts are computed and reported, every chunk runs (shadow mode, calibration)
+    # Simulated time only: inference runs synchronously and its result arrives this many simulated seconds later
+    # (None: a worker thread in real time, the robot's mode).
+    simulated_inference_delay_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings, manifest, **overrides) -> ExecutorSettings:
+        """The executor's settings from the daemon's one config object (`vla_edge.config.Settings`) and the bundle
+        manifest; ``overrides`` set fields that are not configuration (``gate``, the simulated delay)."""
+        s = settings
+        values = dict(
+            num_samples=s.policy.num_samples,
+            control_rate_hz=s.scheduler.control_rate_hz or manifest.control_rate_hz,
+            replan_when_remaining=min(s.scheduler.replan_when_remaining, manifest.horizon - 1),
+            boundary=s.scheduler.boundary,
+            blend_steps=s.scheduler.blend_steps,
+            plan_ahead=s.scheduler.plan_ahead,
+            max_frame_age_ms=s.camera.max_frame_age_ms,
+            step_timeout_s=s.task.step_timeout_s,
+            state_dim=manifest.state_dim,
+            realtime_priority=s.scheduler.realtime_priority,
+            gil_switch_interval_ms=s.scheduler.gil_switch_interval_ms,
+            resample_tries=s.recovery.resample_tries,
+            resample_deadline_s=s.recovery.resample_deadline_s,
+            resample_num_samples=s.recovery.resample_num_samples,
+        )
+        values.update(overrides)
+        return cls(**values)
 
 
 @dataclass
 class _ChunkMemory:
-    """The last accepted chunk, for the temporal-consistency signal (written by the tick, read by the worker)."""
+    """The last accepted chunk, for the temporal-consistency signal (written by the tick, read by the planner)."""
 
-    samples: object | None = None
+    samples: ChunkSamples | None = None
     start_tick: int = 0
     last_executed: np.ndarray | None = None
     override_next: bool = False
@@ -87,24 +209,29 @@ class _ChunkMemory:
 
 
 class PolicyStepExecutor:
-    """Implements `vla_edge.task.StepExecutor` on the real policy, camera and action stream."""
+    """Implements `vla_edge.task.StepExecutor` on a policy, a camera, an action sink and a clock."""
 
     def __init__(
         self,
-        policy: PolicyRunner,
+        policy: ChunkPolicy,
         monitor: ConfidenceMonitor | None,
-        camera: FrameSource,
-        stream: ActionStream,
+        camera: Camera,
+        sink: ActionSink,
         settings: ExecutorSettings,
         observers: list[TickObserver] | None = None,
-        progress: callable | None = None,
+        progress: Callable[[], None] | None = None,
         router: TieredPlanner | None = None,
+        *,
+        state: StateSource | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.policy = policy
         self.monitor = monitor
         self.router = router  # asks the remote tier when the local verdict fails (vla_edge.routing)
         self.camera = camera
-        self.stream = stream
+        self.sink = sink
+        self.state_source: StateSource = state if state is not None else sink  # type: ignore[assignment]
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.settings = settings
         self.observers = observers or []
         self._progress = progress or (lambda: None)
@@ -112,6 +239,16 @@ class PolicyStepExecutor:
         self._last_planned_seq = -1
         self._instruction = ""
         self._memory = _ChunkMemory()
+        self._holding_reason: str | None = None
+        self._refusal_seen = -1  # newest seq_rejected (or refusing report) already acted on
+        if settings.simulated_inference_delay_s is None:
+            inference = ThreadedInference(self._plan)
+        else:
+            inference = SimulatedInference(self._plan, self.clock, settings.simulated_inference_delay_s)
+        # One tick grid for the executor's life: consecutive steps never put two ticks in one period.
+        self._loop = RateLoop(settings.control_rate_hz, self.clock)
+        period_s = 1.0 / settings.control_rate_hz
+        delay_s = settings.simulated_inference_delay_s or 0.0
         self._scheduler = ChunkScheduler(
             self._plan,
             self._observe,
@@ -120,10 +257,12 @@ class PolicyStepExecutor:
             replan_when_remaining=settings.replan_when_remaining,
             boundary=settings.boundary,  # type: ignore[arg-type]
             blend_steps=settings.blend_steps,
+            expected_delay_ticks=max(1, math.ceil(delay_s / period_s - 1e-9)),
             plan_ahead=settings.plan_ahead,
+            recovery=Recovery(settings.resample_tries if settings.gate else 0,
+                              int(round(settings.resample_deadline_s / period_s))),
+            inference=inference,
         )
-        self._holding_reason: str | None = None
-        self._refusal_seen = -1  # newest seq_rejected (or refusing report) already acted on
 
     def close(self) -> None:
         self._scheduler.close()
@@ -143,8 +282,9 @@ class PolicyStepExecutor:
         self._begin(instruction)
         with self._memory.lock:
             self._memory.override_next = override_once
-        loop = RateLoop(self.settings.control_rate_hz)
-        started = time.monotonic_ns()
+        loop = self._loop
+        loop.resume()
+        started = loop.next_tick_ns
         timeout_ns = int(self.settings.step_timeout_s * 1e9)
         ticks = 0
         done_seqs: set[int] = set()  # commands sent with the done flag; the step ends when one was actuated
@@ -152,9 +292,12 @@ class PolicyStepExecutor:
             if stop.is_set():
                 return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped")
             lateness = loop.wait()
+            if done_seqs and self.state_source.actuated(done_seqs):
+                # Acknowledged since the last tick: the step is over before anything more is sent.
+                return self._end(StepReport("done", self.latest_frame(), {}, "", ticks), None)
             self._pull_frame()
             camera_status = self.camera.status
-            controller = self.stream.fresh_state()
+            controller = self.state_source.fresh_state()
             if not camera_status.live:
                 # Blind: nothing committed earlier may run either. The step stalls unless the camera recovers.
                 self._scheduler.reset()
@@ -174,19 +317,20 @@ class PolicyStepExecutor:
             if decision.new_chunk is not None:
                 self._accept(decision.new_chunk)
             if decision.rejected_chunk is not None:
-                verdict = decision.rejected_chunk.verdict
                 self._notify_chunk(decision.rejected_chunk)
+            if decision.escalate:
+                verdict = decision.rejected_chunk.verdict  # type: ignore[union-attr]
                 self._send_hold("low_confidence")
                 report = StepReport("low_confidence", self.latest_frame(), _figures(verdict), verdict.reason, ticks)
                 self._after_tick(decision, lateness, None, instruction, intervention=False)
                 return self._end(report, "low_confidence")
             sent, seq = self._send(decision)
             self._after_tick(decision, lateness, sent, instruction, intervention=False)
-            if sent is not None and sent[DONE_INDEX] > 0.5 and seq >= 0:
+            if sent is not None and step_done(sent) and seq >= 0:
                 done_seqs.add(seq)
-            if done_seqs and self.stream.actuated(done_seqs):
+            if done_seqs and self.state_source.actuated(done_seqs):
                 return self._end(StepReport("done", self.latest_frame(), {}, "", ticks), None)
-            if time.monotonic_ns() - started > timeout_ns:
+            if loop.next_tick_ns - started >= timeout_ns:  # the step has used its time
                 self._send_hold("stalled")
                 why = f"step did not finish within {self.settings.step_timeout_s:g} s"
                 if decision.hold_reason:
@@ -210,18 +354,19 @@ class PolicyStepExecutor:
         back to, the measured position, so moves made while the arm could not follow (a network gap, refused
         commands) are never replayed as a jump. No actuation for ``step_timeout_s``: the take-over stalls."""
         self._begin(instruction)
-        loop = RateLoop(self.settings.control_rate_hz)
+        loop = self._loop
+        loop.resume()
         timeout_ns = int(self.settings.step_timeout_s * 1e9)
         position: np.ndarray | None = None  # the operator's target; None: re-base on the next measured state
         grip = 0.0
         ticks = 0
         done_seqs: set[int] = set()
-        last_applied, progress_ns = -1, time.monotonic_ns()
+        last_applied, progress_ns = -1, self.clock.now_ns()
         while not stop.is_set():
             lateness = loop.wait()
             self._pull_frame()
-            now = time.monotonic_ns()
-            controller = self.stream.fresh_state()
+            now = self.clock.now_ns()
+            controller = self.state_source.fresh_state()
             if controller is not None and controller.seq_applied > last_applied:
                 last_applied, progress_ns = controller.seq_applied, now
             if controller is None or self._new_refusal(controller):
@@ -245,16 +390,16 @@ class PolicyStepExecutor:
                     position = np.clip(position + [move.dx, move.dy], 0.0, 1.0)
                 done = commands.done
                 action = np.array([position[0], position[1], grip, 1.0 if done else 0.0], dtype=np.float32)
-                seq = self.stream.send_action(action, now)
+                seq = self.sink.send_action(action, now)
                 self._holding_reason = None
                 if done and seq >= 0:
                     done_seqs.add(seq)
                 decision = TickDecision(tick=loop.tick, action=action)
                 self._after_tick(decision, lateness, action, instruction, intervention=True)
-            if done_seqs and self.stream.actuated(done_seqs):
+            if done_seqs and self.state_source.actuated(done_seqs):
                 return self._end(StepReport("done", self.latest_frame(), {}, "operator finished the step", ticks),
                                  None)
-            if time.monotonic_ns() - progress_ns > timeout_ns:
+            if self.clock.now_ns() - progress_ns > timeout_ns:
                 why = (f"take-over: no command actuated for {self.settings.step_timeout_s:g} s "
                        f"({'controller lost' if controller is None else 'last hold: ' + controller.hold_reason})")
                 return self._end(StepReport("stalled", self.latest_frame(), {}, why, ticks), "stalled")
@@ -287,19 +432,21 @@ class PolicyStepExecutor:
         frame = self.camera.latest(self.settings.max_frame_age_ms)
         if frame is not None:
             self._frame = frame
-        elif self._frame is not None:
-            age_ms = (time.monotonic_ns() - self._frame.t_capture_ns) / 1e6
-            if age_ms > self.settings.max_frame_age_ms:
-                self._frame = None  # never plan on, show or record a stale frame
+        # Never plan on, show or record a stale frame, whatever the camera handed out.
+        if self._frame is not None and self._frame_age_ms(self._frame) > self.settings.max_frame_age_ms:
+            self._frame = None
+
+    def _frame_age_ms(self, frame: Frame) -> float:
+        return (self.clock.now_ns() - frame.t_capture_ns) / 1e6
 
     def _measured_state(self) -> np.ndarray | None:
         """The controller's measured state, only while it is alive and reporting (never a frozen one)."""
-        report = self.stream.fresh_state()
+        report = self.state_source.fresh_state()
         if report is None:
             return None
         return np.asarray(report.actual[: self.settings.state_dim], dtype=np.float32)
 
-    def _new_refusal(self, report: StateReport) -> bool:
+    def _new_refusal(self, report: ControllerState) -> bool:
         """True once per command the controller refused that this executor has not yet acted on."""
         if report.seq_rejected is not None:  # wire version 2: the newest refused command
             if report.seq_rejected > self._refusal_seen:  # sequence numbers are per daemon session, like ours
@@ -323,16 +470,21 @@ class PolicyStepExecutor:
         return Observation(frame.image, state, self._instruction, frame.t_capture_ns)
 
     def _plan(self, request: InferenceRequest) -> PlannedChunk:
-        started = time.perf_counter()
+        """Runs in the inference worker (or synchronously on a simulated clock); an exception it raises is logged
+        with its traceback and counted by the scheduler (``counters.inference_errors_total``), and the arm holds."""
+        started = time.perf_counter()  # wall time: what planning costs on this machine, also on a simulated clock
         obs = request.observation
         prefix = request.prefix if request.prefix.shape[0] > 0 else None
-        samples = self.policy.infer(obs.image, obs.state, obs.instruction, self.settings.num_samples, prefix,
-                                    t_obs_ns=obs.t_capture_ns)
+        k = self.settings.num_samples
+        if request.attempt > 0 and self.settings.resample_num_samples is not None:
+            k = self.settings.resample_num_samples
+        samples = self.policy.infer(obs.image, obs.state, obs.instruction, k, prefix, t_obs_ns=obs.t_capture_ns)
         chunk = select_chunk(samples.actions)
         with self._memory.lock:
             previous, previous_start = self._memory.samples, self._memory.start_tick
             last = self._memory.last_executed
             override, self._memory.override_next = self._memory.override_next, False
+        tier = "local"
         if self.monitor is None:
             verdict = Verdict(True, (), "confidence checks disabled")
         else:
@@ -340,13 +492,17 @@ class PolicyStepExecutor:
                                    prefix[-1] if prefix is not None else last)
             verdict = self.monitor.evaluate(samples, chunk, context)
             if self.router is not None:
-                routed = self.router.route(obs, prefix, self.settings.num_samples, samples, chunk, verdict, context,
+                routed = self.router.route(obs, prefix, k, samples, chunk, verdict, context,
                                            time.perf_counter() - started)
-                samples, chunk, verdict = routed.samples, routed.chunk, routed.verdict
-        if override and not verdict.passed:
-            verdict = Verdict(True, verdict.signals, f"approved by the operator despite {verdict.reason}")
-        latency_ms = (time.perf_counter() - started) * 1e3
-        return PlannedChunk(request, samples, verdict, chunk, latency_ms)
+                samples, chunk, verdict, tier = routed.samples, routed.chunk, routed.verdict, routed.tier
+        waiver = None
+        if not verdict.passed:
+            if override:
+                waiver = f"approved by the operator despite {verdict.reason}"
+            elif not self.settings.gate:
+                waiver = "gate off (shadow mode)"
+        return PlannedChunk(request, samples, verdict, chunk, (time.perf_counter() - started) * 1e3, waiver,
+                            tier)
 
     def _accept(self, planned: PlannedChunk) -> None:
         with self._memory.lock:
@@ -362,7 +518,7 @@ class PolicyStepExecutor:
         if decision.action is None:
             self._send_hold(decision.hold_reason or "no_chunk")
             return None, -1
-        seq = self.stream.send_action(decision.action, time.monotonic_ns())
+        seq = self.sink.send_action(decision.action, self.clock.now_ns())
         self._holding_reason = None
         with self._memory.lock:
             self._memory.last_executed = decision.action
@@ -370,7 +526,7 @@ class PolicyStepExecutor:
 
     def _send_hold(self, reason: str) -> None:
         if self._holding_reason != reason:  # one hold message per change of reason, not one per tick
-            self.stream.send_hold(reason)
+            self.sink.send_hold(reason)
             self._holding_reason = reason
 
     def _after_tick(self, decision: TickDecision, lateness: int, sent: np.ndarray | None, instruction: str,

@@ -26,48 +26,66 @@ import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
+from vla_edge.clock import Clock, MonotonicClock
 from vla_edge.types import ChunkSamples, Observation, Verdict
+
+log = logging.getLogger(__name__)
 
 HoldReason = str  # "no_chunk", "low_confidence", "inference_error", or why the caller held (e.g. "camera_stalled")
 
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """Plan a chunk whose first action is due at ``start_tick``; ``prefix`` rows are already committed."""
+    """Plan a chunk whose first action is due at ``start_tick``; ``prefix`` rows are already committed.
+
+    ``attempt`` is 0 for a chunk asked for in the normal course, n for the n-th re-sample after a refused chunk."""
 
     observation: Observation
     start_tick: int
     prefix: np.ndarray
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
 class PlannedChunk:
-    """What the inference worker produced: all samples, the verdict on them, and the chunk to execute."""
+    """What the planner produced: all samples, the verdict on them, and the chunk to execute.
+
+    ``waiver`` says why a chunk whose verdict failed may run anyway (the operator approved it; the gate is off in
+    shadow mode); None for every other chunk. The scheduler actuates a chunk only when it is ``admitted``."""
 
     request: InferenceRequest
     samples: ChunkSamples
     verdict: Verdict
     chunk: np.ndarray
     latency_ms: float
+    waiver: str | None = None
+    tier: str = "local"  # which policy tier settled it (vla_edge.routing): local, remote, or operator (none passed)
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict.passed or self.waiver is not None
 
 
 @dataclass(frozen=True)
 class TickDecision:
-    """The scheduler's answer for one control tick: an action to send, or a hold with its reason."""
+    """The scheduler's answer for one control tick: an action to send (and the chunk it comes from), or a hold
+    with its reason. ``new_chunk``/``rejected_chunk``: a chunk that arrived at this tick and was spliced in or
+    refused; ``escalate``: the refusals used up their re-samples, the arm holds until ``reset``."""
 
     tick: int
     action: np.ndarray | None
     hold_reason: HoldReason | None = None
     new_chunk: PlannedChunk | None = None
     rejected_chunk: PlannedChunk | None = None
+    chunk: PlannedChunk | None = None
+    escalate: bool = False
 
 
 @dataclass
@@ -79,7 +97,11 @@ class SchedulerCounters:
     chunks_requested: int = 0
     chunks_accepted: int = 0
     chunks_rejected: int = 0
-    inference_errors: int = 0
+    resamples: int = 0  # requests made to replace a refused chunk
+    recovered: int = 0  # refusals followed by an accepted re-sample (no escalation)
+    escalations: int = 0  # refusals that used up the re-samples
+    inference_errors: int = 0  # in a row (reset by a chunk); the tick reports "inference_error" while > 0
+    inference_errors_total: int = 0
     latencies_ms: list[float] = field(default_factory=list)
 
 
@@ -87,8 +109,41 @@ Planner = Callable[[InferenceRequest], PlannedChunk]
 ObservationProvider = Callable[[], Observation | None]
 
 
-class _InferenceWorker:
-    """One background thread; at most one request in flight and one finished result waiting (newest wins)."""
+@dataclass(frozen=True)
+class Recovery:
+    """What happens when a chunk is refused: up to ``tries`` re-samples from fresh frames while no more than
+    ``deadline_ticks`` have passed since the first refusal; the already-judged actions of the chunk before keep
+    running meanwhile. ``tries=0``: escalate at once (the arm holds and nothing of the old chunk runs)."""
+
+    tries: int = 0
+    deadline_ticks: int = 10
+
+
+def _plan_or_error(planner: Planner, request: InferenceRequest) -> PlannedChunk | Exception:
+    try:
+        return planner(request)
+    except Exception as exc:  # reported to the tick, which holds; inference keeps serving
+        log.exception("planning the chunk for tick %d failed", request.start_tick)
+        return exc
+
+
+class Inference(Protocol):
+    """Runs planner requests: at most one in flight, and one finished result waiting (newest wins)."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def submit(self, request: InferenceRequest) -> None: ...
+
+    def take_result(self) -> PlannedChunk | Exception | None: ...
+
+    def discard(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadedInference:
+    """One background thread (the robot's mode): inference overlaps the control ticks in real time."""
 
     def __init__(self, planner: Planner) -> None:
         self._planner = planner
@@ -140,14 +195,48 @@ class _InferenceWorker:
                 request, self._pending = self._pending, None
                 self._busy = True
                 generation = self._generation
-            try:
-                result: PlannedChunk | Exception = self._planner(request)
-            except Exception as exc:  # reported to the tick, which holds; the worker keeps serving
-                result = exc
+            result = _plan_or_error(self._planner, request)
             with self._lock:
                 self._busy = False
                 if generation == self._generation:
                     self._result = result
+
+
+class SimulatedInference:
+    """Simulated time: the planner runs at once in the calling thread (no thread), and its result becomes
+    available ``delay_s`` simulated seconds after the request (``delay_s`` may be a function of the planned
+    chunk, e.g. its measured latency). A delay shorter than half a tick behaves like the robot's worker on a fast
+    policy: planned ahead, the chunk is there at the next tick. A 1.5 s delay at 10 Hz keeps it 15 ticks away."""
+
+    def __init__(self, planner: Planner, clock: Clock, delay_s: float | Callable[[PlannedChunk], float] = 0.0) -> None:
+        self._planner = planner
+        self._clock = clock
+        self._delay = delay_s
+        self._waiting: tuple[int, PlannedChunk | Exception] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._waiting is not None and self._waiting[0] > self._clock.now_ns()
+
+    def submit(self, request: InferenceRequest) -> None:
+        submitted = self._clock.now_ns()
+        result = _plan_or_error(self._planner, request)
+        delay = self._delay
+        if callable(delay):
+            delay = 0.0 if isinstance(result, Exception) else delay(result)
+        self._waiting = (submitted + int(round(delay * 1e9)), result)
+
+    def take_result(self) -> PlannedChunk | Exception | None:
+        if self._waiting is None or self._waiting[0] > self._clock.now_ns():
+            return None
+        result, self._waiting = self._waiting[1], None
+        return result
+
+    def discard(self) -> None:
+        self._waiting = None
+
+    def close(self) -> None:
+        self._waiting = None
 
 
 class ChunkScheduler:
@@ -165,6 +254,8 @@ class ChunkScheduler:
         blend_steps: int = 3,
         expected_delay_ticks: int = 1,
         plan_ahead: bool = True,
+        recovery: Recovery = Recovery(),
+        inference: Inference | None = None,
     ) -> None:
         if not 1 <= replan_when_remaining < horizon:
             raise ValueError(f"replan_when_remaining must be in [1, {horizon - 1}], got {replan_when_remaining}")
@@ -176,14 +267,17 @@ class ChunkScheduler:
         self._blend_steps = blend_steps
         self._delay_ticks = max(1, expected_delay_ticks)
         self._plan_ahead = plan_ahead
-        self._timeline: dict[int, np.ndarray] = {}
+        self._recovery = recovery
+        self._timeline: dict[int, tuple[np.ndarray, PlannedChunk]] = {}
         self._blocked: PlannedChunk | None = None
-        self._worker = _InferenceWorker(planner)
+        self._refusals = 0  # refused chunks since the last accepted one
+        self._first_refusal_tick: int | None = None
+        self._inference: Inference = inference if inference is not None else ThreadedInference(planner)
         self.counters = SchedulerCounters()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def close(self) -> None:
-        self._worker.close()
+        self._inference.close()
 
     def __enter__(self) -> ChunkScheduler:
         return self
@@ -193,13 +287,20 @@ class ChunkScheduler:
 
     def reset(self) -> None:
         """Forget the timeline and anything in flight (a new step, or after a hold)."""
-        self._worker.discard()
+        self._inference.discard()
         self._timeline.clear()
         self._blocked = None
+        self._refusals = 0
+        self._first_refusal_tick = None
 
     @property
     def blocked(self) -> PlannedChunk | None:
         return self._blocked
+
+    @property
+    def recovering(self) -> bool:
+        """A chunk was refused and a re-sample is being tried (the arm finishes the old chunk, or holds)."""
+        return self._refusals > 0 and self._blocked is None
 
     def remaining(self, tick: int) -> int:
         return sum(1 for t in self._timeline if t >= tick)
@@ -212,7 +313,7 @@ class ChunkScheduler:
 
         if self._blocked is not None:
             # Held until reset(): an operator's approval makes the executor accept the next chunk instead.
-            return self._hold(tick, "low_confidence", new_chunk, rejected)
+            return self._hold(tick, "low_confidence", new_chunk, rejected, escalate=rejected is not None)
 
         for stale in [t for t in self._timeline if t < tick]:
             del self._timeline[stale]
@@ -221,15 +322,20 @@ class ChunkScheduler:
         if not self._plan_ahead:
             self._maybe_request(tick)
 
-        action = self._timeline.pop(tick, None)
-        if action is None:
+        due = self._timeline.pop(tick, None)
+        if due is None:
             if self._plan_ahead:
                 # The arm does not move during this tick, so this tick's frame already shows where it will be.
                 self._maybe_request(tick + 1)
-            reason: HoldReason = "no_chunk" if self.counters.inference_errors == 0 else "inference_error"
+            reason: HoldReason
+            if self._refusals:
+                reason = "resampling"
+            else:
+                reason = "no_chunk" if self.counters.inference_errors == 0 else "inference_error"
             return self._hold(tick, reason, new_chunk, rejected)
         self.counters.actions_sent += 1
-        return TickDecision(tick=tick, action=action, new_chunk=new_chunk, rejected_chunk=rejected)
+        action, source = due
+        return TickDecision(tick=tick, action=action, new_chunk=new_chunk, rejected_chunk=rejected, chunk=source)
 
     def plan_ahead(self, next_tick: int) -> None:
         """Between ticks, after the action of ``next_tick - 1`` was sent and a frame showing it has arrived: ask
@@ -238,29 +344,46 @@ class ChunkScheduler:
             self._maybe_request(next_tick)
 
     def _hold(
-        self, tick: int, reason: HoldReason, new_chunk: PlannedChunk | None, rejected: PlannedChunk | None
+        self, tick: int, reason: HoldReason, new_chunk: PlannedChunk | None, rejected: PlannedChunk | None,
+        escalate: bool = False,
     ) -> TickDecision:
         self.counters.holds += 1
-        return TickDecision(tick=tick, action=None, hold_reason=reason, new_chunk=new_chunk, rejected_chunk=rejected)
+        return TickDecision(tick=tick, action=None, hold_reason=reason, new_chunk=new_chunk, rejected_chunk=rejected,
+                            escalate=escalate)
 
     def _collect_result(self, tick: int) -> tuple[PlannedChunk | None, PlannedChunk | None]:
-        result = self._worker.take_result()
+        result = self._inference.take_result()
         if result is None:
             return None, None
         if isinstance(result, Exception):
             self.counters.inference_errors += 1
+            self.counters.inference_errors_total += 1
             return None, None
         self.counters.inference_errors = 0
         self.counters.latencies_ms.append(result.latency_ms)
-        if not result.verdict.passed:
+        if not result.admitted:
             self.counters.chunks_rejected += 1
-            # Never actuate a low-confidence chunk, nor what is left of the one it was meant to replace.
-            self._timeline.clear()
-            self._blocked = result
+            self._refuse(result, tick)
             return None, result
         self.counters.chunks_accepted += 1
+        if self._refusals:
+            self.counters.recovered += 1
+        self._refusals, self._first_refusal_tick = 0, None
         self._splice(result, tick)
         return result, None
+
+    def _refuse(self, result: PlannedChunk, tick: int) -> None:
+        """Never actuate a refused chunk. While re-samples are left, the actions of the chunk before (judged and
+        accepted when it arrived) keep running and a fresh frame is planned again; otherwise nothing runs."""
+        if self._first_refusal_tick is None:
+            self._first_refusal_tick = tick
+        self._refusals += 1
+        within = tick - self._first_refusal_tick <= self._recovery.deadline_ticks
+        if self._refusals <= self._recovery.tries and within:
+            return
+        self.counters.escalations += 1
+        self._timeline.clear()
+        self._blocked = result
 
     def _splice(self, planned: PlannedChunk, tick: int) -> None:
         start = planned.request.start_tick
@@ -270,16 +393,17 @@ class ChunkScheduler:
                 old = self._timeline.get(t)
                 if old is not None:
                     weight = (k + 1) / (self._blend_steps + 1)
-                    fresh[t] = (1.0 - weight) * old + weight * fresh[t]
+                    fresh[t] = (1.0 - weight) * old[0] + weight * fresh[t]
         for t in [t for t in self._timeline if t >= tick]:
             del self._timeline[t]
-        self._timeline.update(fresh)
+        self._timeline.update({t: (action, planned) for t, action in fresh.items()})
 
     def _maybe_request(self, tick: int) -> None:
-        """Ask for a chunk whose first action is due at ``tick`` if fewer than enough actions are left from there."""
-        if self._worker.busy or self._blocked is not None:
+        """Ask for a chunk whose first action is due at ``tick`` if fewer than enough actions are left from there
+        (or a refused chunk is being replaced)."""
+        if self._inference.busy or self._blocked is not None:
             return
-        if self.remaining(tick) > self._replan_when_remaining:
+        if self.remaining(tick) > self._replan_when_remaining and not self._refusals:
             return
         observation = self._observe()
         if observation is None:
@@ -287,42 +411,50 @@ class ChunkScheduler:
         committed: list[np.ndarray] = []
         if self._boundary == "freeze":
             # The actions that will run while this request is being computed are committed: freeze them.
-            committed = [self._timeline[t] for t in range(tick, tick + self._delay_ticks) if t in self._timeline]
+            committed = [self._timeline[t][0] for t in range(tick, tick + self._delay_ticks) if t in self._timeline]
         prefix = np.asarray(committed, dtype=np.float32).reshape(-1, self._action_dim)
-        self._worker.submit(InferenceRequest(observation=observation, start_tick=tick, prefix=prefix))
+        request = InferenceRequest(observation=observation, start_tick=tick, prefix=prefix, attempt=self._refusals)
+        self._inference.submit(request)
         self.counters.chunks_requested += 1
+        if self._refusals:
+            self.counters.resamples += 1
 
 
 class RateLoop:
-    """Fixed-rate pacing on the monotonic clock; reports how late each tick started."""
+    """Fixed-rate pacing on a clock (the monotonic clock unless given); reports how late each tick started."""
 
-    def __init__(self, rate_hz: float) -> None:
+    def __init__(self, rate_hz: float, clock: Clock | None = None) -> None:
+        self.clock = clock if clock is not None else MonotonicClock()
         self.period_ns = int(round(1e9 / rate_hz))
-        self._next_ns = time.monotonic_ns()
+        self._next_ns = self.clock.now_ns()
         self.tick = 0
 
     def wait(self) -> int:
         """Sleep until the next tick is due; returns its lateness in ns (0 when on time)."""
-        now = time.monotonic_ns()
-        if now < self._next_ns:
-            time.sleep((self._next_ns - now) / 1e9)
-            now = time.monotonic_ns()
-        lateness = now - self._next_ns
+        self.clock.sleep_until_ns(self._next_ns)
+        now = self.clock.now_ns()
+        lateness = max(0, now - self._next_ns)
         # A tick that starts more than a whole period late is skipped rather than bunched up.
-        missed = max(0, lateness // self.period_ns)
+        missed = lateness // self.period_ns
         self.tick += 1 + int(missed)
         self._next_ns += self.period_ns * (1 + int(missed))
         return int(lateness)
 
+    @property
+    def next_tick_ns(self) -> int:
+        """When the next tick is due (after ``wait``: when the current one ends)."""
+        return self._next_ns
+
+    def resume(self) -> None:
+        """Continue on the same grid after a pause (between steps): the next tick is the first grid point not in
+        the past, so no two ticks fall in one period and a long pause is not reported as lateness."""
+        now = self.clock.now_ns()
+        if now > self._next_ns:
+            self._next_ns += -(-(now - self._next_ns) // self.period_ns) * self.period_ns
+
     def wait_phase(self, fraction: float) -> None:
         """Sleep until ``fraction`` of the current tick's period has passed (at once if it already has)."""
-        target = self._next_ns - int(self.period_ns * (1.0 - fraction))
-        now = time.monotonic_ns()
-        if now < target:
-            time.sleep((target - now) / 1e9)
-
-
-log = logging.getLogger(__name__)
+        self.clock.sleep_until_ns(self._next_ns - int(self.period_ns * (1.0 - fraction)))
 
 
 @contextmanager

@@ -230,19 +230,7 @@ class Daemon:
             self._stack.callback(self._watchdog.stop)
         self.executor = PolicyStepExecutor(
             self.policy, monitor, camera, self.stream,
-            ExecutorSettings(
-                num_samples=s.policy.num_samples,
-                control_rate_hz=s.scheduler.control_rate_hz or manifest.control_rate_hz,
-                replan_when_remaining=min(s.scheduler.replan_when_remaining, manifest.horizon - 1),
-                boundary=s.scheduler.boundary,
-                blend_steps=s.scheduler.blend_steps,
-                plan_ahead=s.scheduler.plan_ahead,
-                max_frame_age_ms=s.camera.max_frame_age_ms,
-                step_timeout_s=s.task.step_timeout_s,
-                state_dim=manifest.state_dim,
-                realtime_priority=s.scheduler.realtime_priority,
-                gil_switch_interval_ms=s.scheduler.gil_switch_interval_ms,
-            ),
+            ExecutorSettings.from_settings(s, manifest),
             observers=observers,
             progress=self._watchdog.progress if self._watchdog else None,
             router=router,

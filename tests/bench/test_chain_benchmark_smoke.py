@@ -9,25 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.chain_benchmark import (
-    ChunkRecord,
-    LoopSettings,
-    SimTimeExecutor,
-    StepRun,
-    base_monitor,
-    chain_setup,
-    main,
-    open_policy,
-    run_autonomous,
-    run_gated,
-    with_thresholds,
-)
+from bench.chain_benchmark import main, run_gated
 from hil.world import TabletopWorld
 from vla_edge.paths import REFERENCE_BUNDLE_DIR
+from vla_edge.simulation import (
+    SimulatedRobot,
+    base_monitor,
+    chain_setup,
+    open_policy,
+    run_autonomous,
+    simulation_settings,
+)
 
 # Another bundle (e.g. a quick build) can be tried with VLA_EDGE_TEST_BUNDLE=/path.
 BUNDLE_DIR = Path(os.environ.get("VLA_EDGE_TEST_BUNDLE", REFERENCE_BUNDLE_DIR))
-SETTINGS = LoopSettings(num_samples=4, max_ticks=60)
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +31,29 @@ def opened():
     return bundle, policy, base_monitor(bundle)
 
 
+def _settings(bundle, **overrides):
+    return simulation_settings(bundle.manifest, num_samples=4, step_timeout_s=6.0, **overrides)
+
+
+def _robot(opened, world, **overrides):
+    bundle, policy, monitor = opened
+    return SimulatedRobot(world, policy, monitor, _settings(bundle, **overrides), np.random.default_rng(0),
+                          np.random.default_rng(1))
+
+
 def _never(monitor):
-    return with_thresholds(monitor, {"spread": np.inf, "consistency": np.inf, "ood": np.inf, "limits": np.inf,
+    return monitor.with_thresholds({"spread": np.inf, "consistency": np.inf, "ood": np.inf, "limits": np.inf,
                                      "jerk": np.inf})
 
 
 def _always(monitor):
-    return with_thresholds(monitor, {"spread": -1.0})
+    return monitor.with_thresholds({"spread": -1.0})
 
 
 def test_a_gate_that_rejects_everything_hands_every_step_to_the_operator(opened, tmp_path):
-    _, policy, monitor = opened
+    bundle, policy, monitor = opened
     setup = chain_setup(7, 0, n_steps=5)
-    chain = run_gated(setup, policy, _always(monitor), SETTINGS, tmp_path, operator_delay_s=5.0)
+    chain = run_gated(setup, policy, _always(monitor), _settings(bundle), tmp_path, operator_delay_s=5.0)
     assert chain.low_confidence_actuations == 0
     assert chain.chunks_actuated == 0  # the first chunk of each step is refused before it moves anything
     assert chain.touches["low_confidence"] == 5
@@ -60,9 +65,9 @@ def test_a_gate_that_rejects_everything_hands_every_step_to_the_operator(opened,
 
 
 def test_a_gate_that_never_fires_leaves_failures_to_the_checkpoints(opened, tmp_path):
-    _, policy, monitor = opened
+    bundle, policy, monitor = opened
     setup = chain_setup(7, 1, n_steps=4)
-    chain = run_gated(setup, policy, _never(monitor), SETTINGS, tmp_path, operator_delay_s=1.0)
+    chain = run_gated(setup, policy, _never(monitor), _settings(bundle), tmp_path, operator_delay_s=1.0)
     policy_runs = [r for r in chain.runs if r.driver == "policy"]
     # Steps the policy called done but got wrong: only the checkpoint can find those (a stall escalates itself).
     failed = [r for r in policy_runs if r.outcome == "done" and r.success is not True]
@@ -76,10 +81,10 @@ def test_a_gate_that_never_fires_leaves_failures_to_the_checkpoints(opened, tmp_
 
 
 def test_gated_and_autonomous_runs_agree_until_the_first_intervention(opened, tmp_path):
-    _, policy, monitor = opened
+    bundle, policy, monitor = opened
     setup = chain_setup(7, 2, n_steps=4)
-    free = run_autonomous(setup, policy, _never(monitor), SETTINGS)
-    gated = run_gated(setup, policy, _never(monitor), SETTINGS, tmp_path, operator_delay_s=1.0)
+    free = run_autonomous(setup, policy, _never(monitor), _settings(bundle))
+    gated = run_gated(setup, policy, _never(monitor), _settings(bundle), tmp_path, operator_delay_s=1.0)
     first_runs = [r for r in gated.runs if r.driver == "policy"]
     for autonomous_step, gated_step in zip(free.steps, first_runs, strict=False):
         # Same layout, same noise: the same chunks, the same signal values and the same verdict of the judge.
@@ -90,25 +95,14 @@ def test_gated_and_autonomous_runs_agree_until_the_first_intervention(opened, tm
             break
 
 
-def test_actuating_a_refused_chunk_is_counted(opened):
-    _, policy, monitor = opened
-    executor = SimTimeExecutor(TabletopWorld(0), policy, monitor, SETTINGS, np.random.default_rng(0),
-                               np.random.default_rng(1))
-    run = StepRun(0, "policy", "stalled", None, "", 0)
-    executor._actuate(np.array([0.5, 0.5, 0.0, 0.0], np.float32), ChunkRecord(0, {}, passed=False), run)
-    executor._actuate(np.array([0.5, 0.5, 0.0, 0.0], np.float32), ChunkRecord(0, {}, passed=False, approved=True), run)
-    assert executor.low_confidence_actuations == 1 and executor.robot_ticks == 2
-
-
 def test_stop_ends_a_step_without_moving(opened):
-    _, policy, monitor = opened
     world = TabletopWorld(3)
     before = world.snapshot()
-    executor = SimTimeExecutor(world, policy, monitor, SETTINGS, np.random.default_rng(0), np.random.default_rng(1))
+    robot = _robot(opened, world)
     stop = threading.Event()
     stop.set()
-    report = executor.run_step(0, "put the red block in the left bin", stop)
-    assert report.outcome == "stopped" and world.snapshot() == before
+    report = robot.run_step(0, "put the red block in the left bin", stop)
+    assert report.outcome == "stopped" and world.snapshot() == before and robot.arm.actions == 0
 
 
 @pytest.mark.slow
@@ -127,12 +121,11 @@ def test_quick_benchmark_writes_table_json_and_png(tmp_path, capsys):
 
 
 def test_a_block_off_the_reachable_table_is_placed_by_hand_and_counted(opened):
-    _, policy, monitor = opened
     world = TabletopWorld(0)
     snapshot = world.snapshot()
     snapshot["blocks"]["green"]["position"] = [-0.07, 0.47]  # where a policy once pushed it: out of the gripper's reach
     world.restore(snapshot)
-    executor = SimTimeExecutor(world, policy, monitor, SETTINGS, np.random.default_rng(0), np.random.default_rng(1))
-    run = executor.repair_scene(3, {"green": "left"})
+    robot = _robot(opened, world)
+    run = robot.repair_scene(3, {"green": "left"})
     assert run.success and world.block_bins()["green"] == "left"
-    assert executor.hand_placements == 1 and run.ticks >= 1
+    assert robot.hand_placements == 1 and run.ticks >= 1

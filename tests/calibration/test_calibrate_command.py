@@ -59,3 +59,22 @@ def test_out_file_is_what_the_daemon_reads(bundle_copy, tmp_path):
 def test_bad_input_is_a_clear_error(extra, message, capsys):
     assert main(["calibrate", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_product_never_imports_the_benchmarks():
+    """`vla-edge calibrate` and every other runtime module run what they measure from vla_edge/ itself; only the
+    `vla-edge bench` command, whose job is running benchmarks, may reach into bench/."""
+    import ast
+
+    from vla_edge.paths import REPO_ROOT
+
+    offenders = []
+    for path in sorted((REPO_ROOT / "vla_edge").rglob("*.py")):
+        if path.relative_to(REPO_ROOT).as_posix() == "vla_edge/commands/bench.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n == "bench" or n.startswith("bench.")]
+    assert offenders == []

@@ -63,21 +63,19 @@ def run(args: argparse.Namespace) -> int:
     target = args.target_miss_rate if args.target_miss_rate is not None else 0.1
 
     # The rollouts need the simulated world; imported here so other commands never load it.
-    from bench.chain_benchmark import (
-        LoopSettings,
+    from vla_edge.simulation import (
         base_monitor,
         chain_setup,
-        calibrated_signals,
-        fixed_thresholds,
         open_policy,
         run_autonomous,
+        simulation_settings,
         step_scores,
     )
 
     console = Console(stderr=True)
     bundle, policy = open_policy(args.bundle, args.precision)
     monitor = base_monitor(bundle)
-    settings = LoopSettings(num_samples=args.samples)
+    settings = simulation_settings(bundle.manifest, num_samples=args.samples)
     chains = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -88,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     n_test = min(args.chains - 1, math.ceil(args.test_fraction * args.chains)) if args.test_fraction > 0 else 0
     fit = step_scores(chains[: args.chains - n_test])
     test = step_scores(chains[args.chains - n_test :]) if n_test else None
-    signals, fixed = calibrated_signals(args.calibrate_jerk), fixed_thresholds(args.calibrate_jerk)
+    signals, fixed = cal.calibrated_signals(args.calibrate_jerk), cal.fixed_thresholds(args.calibrate_jerk)
     if args.false_alarm_rate is not None:
         result = cal.calibrate_false_alarm(fit, args.false_alarm_rate, signals, fixed)
     else:
