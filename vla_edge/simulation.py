@@ -79,6 +79,7 @@ class SimulatedArm:
         self.clock = clock
         self.period_ns = int(round(1e9 / rate_hz))
         self.status = CameraStatus.OK
+        self.controller_alive = True  # False: no state reports reach the executor (a test's lost controller)
         self.actions = 0  # control steps that applied an action
         self.hold_periods = 0  # control steps with nothing to apply
         self.holds: Counter[str] = Counter()  # hold requests by reason
@@ -107,7 +108,9 @@ class SimulatedArm:
         self._hold_reason = reason
 
     # -- StateSource -------------------------------------------------------------------------------------------
-    def fresh_state(self) -> ArmState:
+    def fresh_state(self) -> ArmState | None:
+        if not self.controller_alive:
+            return None
         return ArmState(self.world.state(), self._seq_applied, self.clock.now_ns(), self._pending is None,
                         "" if self._pending is not None else self._hold_reason)
 

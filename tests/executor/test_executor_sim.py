@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -263,7 +263,8 @@ def test_teleoperation_moves_the_arm_from_the_channel_and_marks_interventions():
 
     rig.executor.observers.append(Operator())
     report = rig.executor.teleoperate(0, "put the red block in the left bin", channel, threading.Event())
-    assert report.outcome == "done" and report.ticks == 4
+    # Done on the fourth tick, acknowledged as actuated by the controller's report before the fifth.
+    assert report.outcome == "done" and report.ticks == 5
     assert all(intervention for _, _, intervention, _ in rig.ticks.decisions)
     assert rig.clock.now_ns() > 0 and rig.world.gripper_position()[0] == pytest.approx(0.3 + 3 * 0.04, abs=1e-6)
     assert rig.world.grip_closed()
@@ -286,6 +287,50 @@ def test_consecutive_steps_keep_one_tick_grid():
     # The second step's first tick came one period after the first step's last tick, not in the same period.
     assert rig.clock.now_ns() - ended >= 100_000_000
     assert rig.arm.hold_periods >= 2
+
+
+def test_nothing_runs_or_completes_while_the_controller_is_lost():
+    rig = Rig(LinePolicy(target=(0.4, 0.5)), step_timeout_s=1.0)
+    rig.arm.controller_alive = False
+    report = rig.run()
+    assert report.outcome == "stalled" and "controller_lost" in report.reason
+    assert rig.policy.calls == [] and rig.arm.actions == 0 and rig.arm.holds["controller_lost"] == 1
+
+
+class RefusingController:
+    """The arm's state, with the controller reporting once that it refused command ``seq`` (wire v2)."""
+
+    def __init__(self, arm, seq):
+        self.arm, self.seq = arm, seq
+
+    def fresh_state(self):
+        state = self.arm.fresh_state()
+        if state is not None and state.seq_applied >= self.seq:
+            return replace(state, seq_rejected=self.seq)
+        return state
+
+    def actuated(self, seqs):
+        return self.arm.actuated(seqs)
+
+
+def test_a_refused_command_drops_the_rest_of_its_chunk_and_replans_from_the_measured_position():
+    rig = Rig(LinePolicy(target=(0.7, 0.5)))
+    rig.executor.state_source = RefusingController(rig.arm, 1)
+    report = rig.run()
+    assert report.outcome == "done"
+    assert "replan_after_refusal" in rig.hold_reasons and rig.hold_reasons.count("replan_after_refusal") == 1
+    # Chunk 0 was cut after its refusal was reported; the next chunk was planned from where the arm was.
+    assert len(rig.policy.calls) >= 2 and rig.policy.calls[1].state[0] == pytest.approx(0.3 + 2 * STEP, abs=1e-5)
+
+
+def test_teleoperation_is_rebased_and_stalls_without_a_controller():
+    rig = Rig(LinePolicy(), step_timeout_s=1.0)
+    rig.arm.controller_alive = False
+    channel = TeleopChannel()
+    channel.begin(0)
+    channel.put(TeleopCommand(dx=0.04, dy=0.0))
+    report = rig.executor.teleoperate(0, "x", channel, threading.Event())
+    assert report.outcome == "stalled" and "controller lost" in report.reason and rig.arm.actions == 0
 
 
 def test_hold_is_sent_once_per_change_of_reason():
