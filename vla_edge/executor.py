@@ -64,6 +64,8 @@ DONE_INDEX = 3  # the action's "step finished" flag (the reference action space:
 GRIP_INDEX = 2
 # A controller speaking wire version 1 has no seq_rejected; its hold reason then says why a command was refused.
 _REFUSAL_REASONS = frozenset({"late", "stale", "wrong_dim", "non_finite", "out_of_limits", "over_velocity"})
+_DEAF_REASONS = frozenset({"stale", "handshake"})  # the controller holds because nothing of ours reaches it
+_FEEDBACK_POLL_NS = 1_000_000  # how often plan-ahead looks for the controller's report and the frame after it
 
 
 def step_done(action: np.ndarray) -> bool:
@@ -297,7 +299,7 @@ class PolicyStepExecutor:
                 return self._end(StepReport("done", self.latest_frame(), {}, "", ticks), None)
             self._pull_frame()
             camera_status = self.camera.status
-            controller = self.state_source.fresh_state()
+            controller = self._live_controller()
             if not camera_status.live:
                 # Blind: nothing committed earlier may run either. The step stalls unless the camera recovers.
                 self._scheduler.reset()
@@ -337,9 +339,12 @@ class PolicyStepExecutor:
                     why += f" (last hold: {decision.hold_reason})"
                 return self._end(StepReport("stalled", self.latest_frame(), {}, why, ticks), "stalled")
             if sent is not None and self.settings.plan_ahead:
-                # Half a tick on, the newest frame shows the action just sent: plan the next chunk from it.
+                # Plan the next chunk from the frame that shows the action just sent: half a tick on at the
+                # earliest and, over a link with delay, once the controller reports it actuated.
                 loop.wait_phase(0.5)
                 self._pull_frame()
+                if seq >= 0:
+                    self._await_feedback(seq, loop)
                 if self.camera.status.live:
                     self._scheduler.plan_ahead(loop.tick + 1)
 
@@ -366,7 +371,7 @@ class PolicyStepExecutor:
             lateness = loop.wait()
             self._pull_frame()
             now = self.clock.now_ns()
-            controller = self.state_source.fresh_state()
+            controller = self._live_controller()
             if controller is not None and controller.seq_applied > last_applied:
                 last_applied, progress_ns = controller.seq_applied, now
             if controller is None or self._new_refusal(controller):
@@ -436,12 +441,46 @@ class PolicyStepExecutor:
         if self._frame is not None and self._frame_age_ms(self._frame) > self.settings.max_frame_age_ms:
             self._frame = None
 
+    def _await_feedback(self, seq: int, loop: RateLoop) -> None:
+        """Wait until the controller reports command ``seq`` actuated and a frame taken after that has arrived, as
+        long as the next chunk can still be planned before the next tick (its recent latency x1.5 + 5 ms).
+
+        On a link with delay the action runs that much after it was sent, so a frame taken half a tick on can
+        still show the arm before it: with 50 ms of delay towards the controller the policy finished 0-2 of 10
+        steps alone instead of 7 (docs/wire.md §9). A frame counts as taken after the actuation when it is no
+        older than the report's arrival minus half the link's round trip (measured from heartbeats) and 5 ms."""
+        clock = self.clock
+        latencies = self._scheduler.counters.latencies_ms[-20:]
+        reserve_ns = int((1.5 * float(np.percentile(latencies, 90)) if latencies else 10.0) * 1e6) + 5_000_000
+        budget_end = loop.next_tick_ns - reserve_ns
+        while not self.state_source.actuated({seq}):
+            now = clock.now_ns()
+            if now >= budget_end:
+                return  # not acknowledged in time: plan from what there is, as without a link
+            clock.sleep_until_ns(min(now + _FEEDBACK_POLL_NS, budget_end))
+        round_trip = getattr(self.state_source, "link_round_trip_ns", lambda: None)() or 0  # optional: the stream's
+        taken_after = clock.now_ns() - round_trip // 2 - 5_000_000
+        while self._frame is None or self._frame.t_capture_ns < taken_after:
+            now = clock.now_ns()
+            if now >= budget_end:
+                return
+            clock.sleep_until_ns(min(now + _FEEDBACK_POLL_NS, budget_end))
+            self._pull_frame()
+
     def _frame_age_ms(self, frame: Frame) -> float:
         return (self.clock.now_ns() - frame.t_capture_ns) / 1e6
 
+    def _live_controller(self) -> ControllerState | None:
+        """The controller's latest state report while it is alive, reporting and hearing us; None while it is dead,
+        its report is stale, or it reports holding because our commands do not reach it (stale, handshake)."""
+        report = self.state_source.fresh_state()
+        if report is None or (report.holding and report.hold_reason in _DEAF_REASONS):
+            return None
+        return report
+
     def _measured_state(self) -> np.ndarray | None:
         """The controller's measured state, only while it is alive and reporting (never a frozen one)."""
-        report = self.state_source.fresh_state()
+        report = self._live_controller()
         if report is None:
             return None
         return np.asarray(report.actual[: self.settings.state_dim], dtype=np.float32)

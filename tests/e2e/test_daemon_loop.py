@@ -42,12 +42,12 @@ def _settings(ports: SimPorts, tmp_path: Path, **extra):
 class ThreadedRobot:
     """The simulated robot in a thread of the test process, so the test can see what it actuated and when."""
 
-    def __init__(self, seed: int = 3) -> None:
+    def __init__(self, seed: int = 3, robot_class: type[SimRobot] = SimRobot) -> None:
         self.ports = SimPorts.pick()
         stream = StreamSettings(command_endpoint=self.ports.endpoint(self.ports.commands),
                                 state_endpoint=self.ports.endpoint(self.ports.state), curve=False)
-        self.robot = SimRobot(seed, stream, SimEndpoints(frames=self.ports.endpoint(self.ports.frames),
-                                                         sim=self.ports.endpoint(self.ports.sim)))
+        self.robot = robot_class(seed, stream, SimEndpoints(frames=self.ports.endpoint(self.ports.frames),
+                                                            sim=self.ports.endpoint(self.ports.sim)))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.robot.run, args=(self.stop,), daemon=True)
 
@@ -117,6 +117,37 @@ def test_stalled_camera_holds_the_arm_and_stalls_the_step(tmp_path):
     assert robot.executed_since(stalled_at[0] + grace_ns) == 0
     if report.outcome == "stalled":
         assert "camera_stalled" in report.reason or "did not finish" in report.reason
+
+
+class DiesAtDone(SimRobot):
+    """A robot whose controller dies the moment the daemon sends the action that ends a step: that action is never
+    actuated, nothing more is reported or filmed (its client library still answers heartbeats until closed)."""
+
+    died_at_ns: int | None = None
+
+    def _world_tick(self, now: int, values: np.ndarray | None, seq: int = -1, reason: str = "") -> None:
+        if self.died_at_ns is None and values is not None and values[3] > 0.5:
+            self.died_at_ns = now
+            self.publish_frames = False
+        if self.died_at_ns is None:
+            super()._world_tick(now, values, seq, reason)
+
+
+def test_a_step_is_not_done_until_its_final_action_was_actuated(tmp_path):
+    """Issue 16 item 7c: the step's done action goes out, the controller dies before actuating it. Before, the
+    daemon marked the step done when it *sent* that action (and went on to the next step from frozen state); now
+    "done" needs the controller's report that it actuated it, and a lost controller stalls the step."""
+    with ThreadedRobot(seed=3, robot_class=DiesAtDone) as robot:
+        settings = _settings(robot.ports, tmp_path, task={"step_timeout_s": 6.0}, confidence={"enabled": False})
+        with Daemon(settings) as daemon:
+            assert daemon.wait_for_controller(15.0) and daemon.wait_for_camera(10.0)
+            report = daemon.executor.run_step(0, "put the red block in the right bin", threading.Event())
+            died_at = robot.robot.died_at_ns
+    assert report.outcome != "done", "the step was marked done although its done action was never actuated"
+    assert died_at is not None, "the policy never sent the action that ends the step"
+    assert report.outcome == "stalled", (report.outcome, report.reason)
+    # Frames stop with the robot, so the camera's stall may be noticed first; either way nothing ran on.
+    assert "controller_lost" in report.reason or "camera_stalled" in report.reason, report.reason
 
 
 def _write_run_files(tmp_path: Path, ports: SimPorts, instruction: str) -> tuple[Path, Path]:

@@ -31,3 +31,42 @@ def test_asymmetric_delay_still_actuates_when_the_deadline_allows() -> None:
     figures = deadline_case(LinkFault(delay_ms=200.0), duration_s=3.0, ttl_ms=450.0)
     assert figures.executed > figures.sent // 2, figures
     assert figures.late == 0 and figures.early == 0, figures
+
+
+# ---- the whole daemon (policy, task runner, simulated operator) across the faulty link ----
+
+
+def test_a_takeover_resumes_after_a_blackhole() -> None:
+    # Every step is taken over; 1 s into the first take-over the link goes black for 5 s both ways. Before, the
+    # operator's target kept accumulating moves while the arm held and was never re-based: every later command
+    # was refused as over-velocity and the task never finished (did not finish within 90 s).
+    from hil.netfaults import takeover_blackhole
+
+    run, schedule = takeover_blackhole(seed=1, steps=2, time_limit_s=90.0)
+    assert schedule.windows and schedule.windows[0][1] - schedule.windows[0][0] >= 4.5e9, schedule.windows
+    assert run.finished, f"{run.status} after {run.elapsed_s:.0f} s; refused: {run.rejected}"
+    assert run.over_velocity <= 3, run.rejected
+
+
+def test_no_step_completes_and_nothing_is_planned_while_the_controller_is_cut_off() -> None:
+    # The link goes black both ways for 1.5 s when the action that ends a step is 1-3 ticks away. Nothing may be
+    # reported done from 20 ms into a blackhole (no actuation can be acknowledged), and no chunk accepted once the
+    # daemon must know the controller is lost (stale_after_ms + 2 ticks).
+    from hil.netfaults import blackhole_during_steps
+
+    run, schedule, done_during, chunks_during = blackhole_during_steps(seed=1, steps=3, both_ways=True,
+                                                                       time_limit_s=120.0)
+    assert schedule.windows, "no blackhole was triggered"
+    assert done_during == 0 and chunks_during == 0, (done_during, chunks_during, schedule.windows)
+    assert run.finished, f"{run.status} after {run.elapsed_s:.0f} s"
+
+
+def test_plan_ahead_waits_for_the_action_over_a_delayed_link() -> None:
+    # 50 ms on daemon → controller for a whole 10-step task. Before, plan-ahead at half a tick planned from the
+    # frame before the action had run: the policy finished 0 of 10 steps alone (seed 1; 8 of 10 on a clean link).
+    from hil.netfaults import delayed_link
+
+    run = delayed_link(seed=1, delay_ms=50.0, steps=10)
+    assert run.finished, run.status
+    assert run.autonomous >= 4, f"the policy finished {run.autonomous} of 10 steps alone"
+    assert run.link_rtt_ms is not None and run.link_rtt_ms >= 40.0, run.link_rtt_ms  # measured from heartbeats
