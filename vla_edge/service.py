@@ -311,5 +311,15 @@ class Daemon:
             "escalations_open": len(self.escalations.open()),
             "remote_tier": self._remote_status,
         }
+        if self.stream is not None:
+            # The action stream's counters (docs/wire.md §8): what the daemon sent, refused (refused_auth,
+            # rejected_state_dim, ...), and the controller's own counters from its latest state report.
+            report = self.stream.latest_state()
+            round_trip = self.stream.link_round_trip_ns()
+            state["stream"] = {
+                "daemon": self.stream.counters(),
+                "controller": dict(report.counters) if report is not None else {},
+                "link_round_trip_ms": None if round_trip is None else round_trip / 1e6,
+            }
         self.console_model.set_camera_status(state["camera"])
         return state
