@@ -1,7 +1,9 @@
 """Print the fault → outcome → figure table of the action stream, measured now on this machine.
 
-    python -m hil.faults            # short soak (~50 s) plus the process, value, byte and key faults
+    python -m hil.faults            # short soak (~50 s) plus the process, value, byte and key faults, and, as
+                                    # root, the real network faults between two namespaces (~2 min more)
     python -m hil.faults --long     # 10-minute soak
+    python -m hil.faults --no-netns # without the namespace cases
 
 Every figure comes from real sockets and real processes in this run; nothing is hard-coded.
 """
@@ -204,6 +206,28 @@ def soak_rows(report: SoakReport) -> list[Row]:
     return rows
 
 
+def netns_rows() -> list[Row]:
+    """Issue 16 item 7: the daemon and the robot in two network namespaces, faults injected by the kernel."""
+    from hil.netfaults import blackhole_during_steps, deadline_case, delayed_link, takeover_blackhole
+    from hil.netns import LinkFault
+
+    rows = [deadline_case(LinkFault(delay_ms=200.0)).row()]
+    run, schedule = takeover_blackhole(seed=1, steps=2)
+    rows.append(("netns: 5 s blackhole during a take-over", "motion resumes from the measured position",
+                 f"{'finished' if run.finished else 'DID NOT FINISH'} in {run.elapsed_s:.1f} s, "
+                 f"{run.over_velocity} over-velocity refusals"))
+    run, schedule, done_during, chunks_during = blackhole_during_steps(seed=1, steps=3, both_ways=True)
+    rows.append(("netns: 1.5 s blackhole as a step's done action is due", "no step done, nothing planned",
+                 f"{done_during} steps done and {chunks_during} chunks accepted inside {len(schedule.windows)} "
+                 f"blackholes; task {'finished' if run.finished else 'DID NOT FINISH'}"))
+    for delay in (0.0, 50.0):
+        run = delayed_link(seed=1, delay_ms=delay)
+        rows.append((f"netns: {delay:g} ms delay daemon → controller, 10 steps", "the policy plans for the link",
+                     f"{run.autonomous} of {run.steps} steps finished by the policy alone; link round trip "
+                     f"{run.link_rtt_ms or 0:.1f} ms"))
+    return rows
+
+
 def print_table(rows: list[Row], out=sys.stdout) -> None:
     widths = [max(len(r[i]) for r in rows + [("fault", "outcome", "figure")]) for i in range(2)]
     header = ("fault", "outcome", "figure")
@@ -215,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.faults", description=__doc__.splitlines()[0])
     parser.add_argument("--long", action="store_true", help="soak for 10 minutes instead of ~50 s")
     parser.add_argument("--duration-s", type=float, help="soak duration (overrides --long)")
+    parser.add_argument("--no-netns", action="store_true", help="skip the network-namespace cases (need root)")
     args = parser.parse_args(argv)
     duration = args.duration_s or (600.0 if args.long else 6.0 * len(PHASES))
     rows: list[Row] = []
@@ -226,6 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soaking for {duration:.0f} s ...", file=sys.stderr)
     report = run_soak(duration, RATE_HZ, segment_s=min(6.0, duration / len(PHASES)))
     rows += soak_rows(report)
+    if not args.no_netns:
+        from hil.netns import netns_unavailable
+
+        why = netns_unavailable()
+        if why is None:
+            print("network faults between two namespaces ...", file=sys.stderr)
+            rows += netns_rows()
+        else:
+            print(f"network-namespace cases skipped: {why}", file=sys.stderr)
     print_table(rows)
     problems = report.problems()
     for problem in problems:
