@@ -357,7 +357,15 @@ def parse_manifest(data: bytes, origin: Path | str) -> BundleManifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise BundleError(f"bundle manifest {origin} is {len(data)} bytes; the limit is {MAX_MANIFEST_BYTES}")
     value = load_json_strict(data, f"bundle manifest {origin}")
+    version = value.get("schema_version") if isinstance(value, dict) else None
+    if version not in (1, 2, None):
+        raise BundleError(f"bundle manifest {origin}: schema_version {version!r} is not supported "
+                          "(this vla-edge reads schema_version 1 and 2)")
     try:
+        if version == 2:
+            from vla_edge.bundle_schema import BundleManifestV2  # schema 2 builds on this module's types
+
+            return BundleManifestV2.model_validate(value)  # type: ignore[return-value]
         return BundleManifest.model_validate(value)
     except ValidationError as exc:
         raise BundleError(_format_validation_error(exc, origin)) from None
@@ -433,7 +441,14 @@ class Bundle:
             return directory.read_verified(rel, entry.sha256, entry.size_bytes)
 
     def tokenizer(self) -> WordTokenizer:
-        return WordTokenizer(self.manifest.vocabulary)
+        """The word-list tokenizer (schema 1, or schema 2 with kind 'words'); PolicyRunner loads any tokenizer."""
+        vocabulary = getattr(self.manifest, "vocabulary", None)
+        if vocabulary is None:
+            tokenizer = self.manifest.language.tokenizer  # type: ignore[attr-defined]
+            vocabulary = getattr(tokenizer, "vocabulary", None)
+            if vocabulary is None:
+                raise BundleError(f"bundle {self.path} ships a {tokenizer.kind} tokenizer, not a word list")
+        return WordTokenizer(vocabulary)
 
     def file_digests(self) -> dict[str, str]:
         """sha256 of every listed file plus the manifest itself: what a signature covers."""

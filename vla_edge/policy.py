@@ -1,7 +1,9 @@
-"""Runs a bundle's three ONNX graphs: instruction features once per instruction, the observation encoder once per
-chunk, and the flow-matching denoiser once per Euler step, batched over K samples.
+"""Runs any bundle (schema 2, or schema 1 upgraded in memory) with ONNX Runtime: instruction graphs once per
+instruction, encode graphs once per chunk, step graphs once per sampler step batched over K samples, with the
+sampler the manifest declares (flow-matching Euler, DDPM, DDIM or a single pass) and a committed prefix inpainted.
 
 numpy + onnxruntime only (no torch). One ``PolicyRunner`` is used by one thread at a time (the inference worker).
+The dataflow is docs/bundle-format.md's: every graph input names its source; outputs are ``<graph>.<output>``.
 """
 
 from __future__ import annotations
@@ -9,36 +11,84 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
 
-from vla_edge.bundle import GRAPH_NAMES, Bundle, TensorSpec, dims_agree
-from vla_edge.errors import BundleError, VlaEdgeError
+from vla_edge.bundle import Bundle, BundleManifest
+from vla_edge.bundle_schema import (
+    ORT_DTYPES,
+    BundleManifestV2,
+    Diffusion,
+    FlowMatchingEuler,
+    GraphDecl,
+    HfTokenizer,
+    Tensor,
+    upgrade_v1,
+)
+from vla_edge.errors import BundleError
+from vla_edge.preprocess import (
+    ObservationError,
+    ObservationHistory,
+    ObservedFrame,
+    denormalise,
+    discretise_state,
+    normalise,
+    pad_last,
+    prepare_view,
+)
+from vla_edge.samplers import DiffusionSchedule, FlowSchedule, flow_inpaint
+from vla_edge.tokenizer import PromptTokenizer, WordTokenizer
 from vla_edge.types import ChunkSamples
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-_NUMPY_DTYPES = {"float32": np.float32, "uint8": np.uint8, "int64": np.int64}
-_ORT_DTYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)", "int64": "tensor(int64)"}
+_NUMPY = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "int8": np.int8,
+          "uint8": np.uint8, "bool": np.bool_}
+WARM_UP_SAMPLES = (1, 8)
 
 
-class PolicyInputError(VlaEdgeError):
+class PolicyInputError(ObservationError):
     """An image, state, prefix or call does not fit what the policy expects."""
 
 
 @dataclass(frozen=True)
 class EncodedObservation:
-    """The observation encoder's output for one observation: reused by every sample and Euler step of a chunk."""
+    """What one observation gives every sample and step of a chunk: the batch-1 values (runtime sources, the
+    instruction and encode graphs' outputs) by source name."""
 
-    context: np.ndarray  # (1, C)
-    embedding: np.ndarray  # (E,)
+    values: Mapping[str, np.ndarray]
+    embedding: np.ndarray | None  # (E,), or None when the bundle declares no embedding
     instruction: str
     t_obs_ns: int
     timings_ms: dict[str, float]
+
+    @property
+    def context(self) -> np.ndarray:
+        """The schema-1 reference's context vector (1, C)."""
+        return np.asarray(self.values["observation_encoder.context"])
+
+
+@dataclass(frozen=True)
+class SamplerNoise:
+    """Explicit noise for a chunk (parity checks): the initial sample and, for DDPM / DDIM with eta > 0, one draw
+    per noisy step, in step order. Shapes [K, model_horizon, padded action dim]."""
+
+    initial: np.ndarray
+    steps: np.ndarray | None = None
+
+
+def manifest_v2(bundle: Bundle) -> BundleManifestV2:
+    """The schema-2 view of a bundle's manifest (schema 1 is upgraded in memory; the files are the same)."""
+    manifest = bundle.manifest
+    if isinstance(manifest, BundleManifestV2):
+        return manifest
+    if isinstance(manifest, BundleManifest):
+        return upgrade_v1(manifest)
+    raise BundleError(f"bundle {bundle.path}: unknown manifest type {type(manifest).__name__}")
 
 
 def choose_providers(preferred: list[str] | tuple[str, ...] | None) -> list[str]:
@@ -49,32 +99,27 @@ def choose_providers(preferred: list[str] | tuple[str, ...] | None) -> list[str]
     return [*chosen, "CPUExecutionProvider"]
 
 
-def check_io(session: ort.InferenceSession, inputs: list[TensorSpec], outputs: list[TensorSpec], where: str) -> None:
-    """Refuse a graph whose tensors differ from the manifest's declaration: a missing or extra name, another
-    dtype, or another shape (rank, or a fixed size where the manifest has another size or a dynamic one).
-
-    A graph may be dynamic where the manifest is fixed (it accepts the fixed size); the warm-up runs it.
-    """
-    for kind, specs, nodes in (("input", inputs, session.get_inputs()), ("output", outputs, session.get_outputs())):
-        actual = {node.name: node for node in nodes}
-        declared = {spec.name for spec in specs}
-        if kind == "input" and set(actual) - declared:
-            extra = ", ".join(sorted(set(actual) - declared))
-            raise BundleError(f"{where}: graph has input(s) the manifest does not declare: {extra}")
-        for spec in specs:
-            node = actual.get(spec.name)
-            if node is None:
-                raise BundleError(f"{where}: graph has no {kind} {spec.name!r} (it has {', '.join(actual)})")
-            if node.type != _ORT_DTYPES[spec.dtype]:
-                raise BundleError(f"{where}: {kind} {spec.name!r} is {node.type}, manifest says {spec.dtype}")
-            wanted = tuple(d if isinstance(d, int) else None for d in spec.shape)
-            if not dims_agree(list(node.shape), wanted):
-                raise BundleError(f"{where}: {kind} {spec.name!r} has shape {_shown(node.shape)} in the graph, "
-                                  f"the manifest says {_shown(spec.shape)}")
-
-
-def _shown(shape: list) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+def _check_io(session: ort.InferenceSession, decl: GraphDecl, where: str) -> None:
+    """Refuse a graph whose tensors differ from the manifest: names, dtypes, ranks, fixed sizes."""
+    actual_in = {node.name: node for node in session.get_inputs()}
+    actual_out = {node.name: node for node in session.get_outputs()}
+    pairs: list[tuple[Tensor, dict[str, object], str]] = [(s, actual_in, "input") for s in decl.inputs]
+    pairs += [(s, actual_out, "output") for s in decl.outputs]
+    for spec, actual, kind in pairs:
+        node = actual.get(spec.name)
+        if node is None:
+            raise BundleError(f"{where}: graph has no {kind} {spec.name!r} (it has {', '.join(actual)})")
+        if node.type != ORT_DTYPES[spec.dtype]:  # type: ignore[attr-defined]
+            raise BundleError(f"{where}: {kind} {spec.name!r} is {node.type}, manifest says {spec.dtype}")  # type: ignore[attr-defined]
+        shape = list(node.shape)  # type: ignore[attr-defined]
+        if len(shape) != len(spec.shape):
+            raise BundleError(f"{where}: {kind} {spec.name!r} has shape {shape}, manifest says {spec.shape}")
+        for have, want in zip(shape, spec.shape, strict=True):
+            if isinstance(have, int) and isinstance(want, int) and have != want:
+                raise BundleError(f"{where}: {kind} {spec.name!r} has shape {shape}, manifest says {spec.shape}")
+    missing = [name for name in actual_in if name not in {s.name for s in decl.inputs}]
+    if missing:
+        raise BundleError(f"{where}: graph inputs {missing} are not declared in the manifest")
 
 
 def open_session(
@@ -136,8 +181,28 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     return options
 
 
+@dataclass
+class _Feed:
+    """How one graph input is fed: from which source, cast to what, repeated to K or not."""
+
+    name: str
+    source: str
+    dtype: type
+    runtime: bool  # a runtime source (cast to dtype) rather than another graph's output
+    repeat_axis: int | None  # step graphs: repeat a batch-1 value to K along this axis (None: feed as is)
+
+
+@dataclass
+class _Graph:
+    name: str
+    decl: GraphDecl
+    session: ort.InferenceSession
+    feeds: list[_Feed] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
 class PolicyRunner:
-    """ONNX Runtime sessions of one bundle variant, an instruction cache, and the K-sample flow sampler."""
+    """ONNX Runtime sessions of one bundle variant, the instruction cache, the observation history, the sampler."""
 
     def __init__(
         self,
@@ -146,45 +211,82 @@ class PolicyRunner:
         providers: list[str] | None = None,
         intra_op_threads: int = 2,
         seed: int = 0,
-        warm_up_samples: int = 8,
     ) -> None:
         self.bundle = bundle
-        self.manifest = bundle.manifest
-        if precision not in self.manifest.variants:
-            raise BundleError(
-                f"bundle {bundle.path} has no {precision!r} variant; it has: {', '.join(bundle.precisions)}"
-            )
+        self.manifest = spec = manifest_v2(bundle)
+        if precision not in spec.variants:
+            have = ", ".join(p for p in spec.variants)
+            raise BundleError(f"bundle {bundle.path} has no {precision!r} variant; it has: {have}")
         self.precision = precision
-        self.tokenizer = bundle.tokenizer()
         self._rng = np.random.default_rng(seed)
-        wanted = choose_providers(providers)
-        variant = self.manifest.variants[precision]  # type: ignore[index]
-        self._sessions: dict[str, ort.InferenceSession] = {}
-        for name in GRAPH_NAMES:
-            spec = variant.graphs[name]
-            session = open_session(bundle.read_verified, spec.file, lambda: session_options(intra_op_threads), wanted)
-            check_io(session, spec.inputs, spec.outputs, spec.file)
-            self._sessions[name] = session
-        self._providers = list(self._sessions["denoiser"].get_providers())
-        log.info("policy %s/%s runs on %s", self.manifest.name, precision, ", ".join(self._providers))
-        norm = self.manifest.normalisation
-        self._action_low = np.asarray(norm.action_low, dtype=np.float32)
-        self._action_high = np.asarray(norm.action_high, dtype=np.float32)
-        self._limit_low = np.asarray(self.manifest.action_space.low, dtype=np.float32)
-        self._limit_high = np.asarray(self.manifest.action_space.high, dtype=np.float32)
-        self._instruction_cache: dict[str, np.ndarray] = {}
+        self._init_language()
+        self._graphs = self._load_graphs(precision, providers, intra_op_threads)
+        self._providers = list(next(iter(self._graphs.values())).session.get_providers())
+        self._views = list(spec.observation.cameras)
+        obs = spec.observation
+        interval_s = obs.history_interval_s or 1.0 / spec.control_rate_hz
+        self._history = ObservationHistory(obs.history, int(interval_s * 1e9))
+        sampler = spec.sampler
+        self._flow = FlowSchedule.of(sampler) if isinstance(sampler, FlowMatchingEuler) else None
+        self._diffusion = DiffusionSchedule(sampler) if isinstance(sampler, Diffusion) else None
+        self._limit_low = np.asarray(spec.action_space.low, dtype=np.float32)
+        self._limit_high = np.asarray(spec.action_space.high, dtype=np.float32)
+        self._instruction_cache: dict[str, dict[str, np.ndarray]] = {}
         self._instruction: str | None = None
+        self._last_instruction_ms = 0.0
         self.cache_hits = 0
         self.cache_misses = 0
-        try:
-            self._warm_up(warm_up_samples)
-        except MemoryError:
-            raise BundleError(f"the {precision} variant of bundle {bundle.path} does not fit in memory "
-                              f"(warm-up at K = {warm_up_samples})") from None
-        except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidArgument, ...) derive from it
-            detail = " ".join(str(exc).split())
-            raise BundleError(f"the {precision} variant of bundle {bundle.path} fails its warm-up inference "
-                              f"(K = {warm_up_samples}): {detail}") from None
+        self._warm_up()
+
+    # ---- loading ----------------------------------------------------------------------------------------------
+    def _init_language(self) -> None:
+        spec = self.manifest
+        tok = spec.language.tokenizer
+        self.uses_language = any(i.source.startswith("language.") for g in spec.graphs.values() for i in g.inputs)
+        self.tokenizer: WordTokenizer | PromptTokenizer
+        if isinstance(tok, HfTokenizer):
+            self.tokenizer = PromptTokenizer(self._read(tok.file), tok)
+            self._state_in_prompt = tok.state_in_prompt
+        else:
+            self.tokenizer = WordTokenizer(tok.vocabulary)
+            self._state_in_prompt = None
+
+    def _read(self, rel: str) -> bytes:
+        """A listed file's bytes, verified against the manifest (the bytes used are the bytes checked)."""
+        return self.bundle.read_verified(rel)
+
+    def _load_graphs(self, precision: str, providers: list[str] | None, threads: int) -> dict[str, _Graph]:
+        spec = self.manifest
+        wanted = choose_providers(providers)
+        variant = spec.variants[precision]  # type: ignore[index]
+        needed = {i.source for g in spec.graphs.values() for i in g.inputs} | {spec.sampler.output}
+        if spec.embedding:
+            needed.add(spec.embedding)
+        if spec.step_end.success is not None:
+            needed.add(f"{spec.step_end.success.graph}.{spec.step_end.success.output}")
+        graphs: dict[str, _Graph] = {}
+        for role in ("instruction", "encode", "step", "auxiliary"):
+            for name in spec.graphs_with_role(role):  # type: ignore[arg-type]
+                decl = spec.graphs[name]
+                gf = variant.graphs[name]
+                where = f"bundle {self.bundle.path}: {gf.file}"
+                folder = posixpath.dirname(gf.file)
+                external = [posixpath.join(folder, e) if folder else e for e in gf.external_data]
+                session = open_session(self._read, gf.file, lambda: session_options(threads), wanted, external)
+                _check_io(session, decl, where)
+                graph = _Graph(name, decl, session)
+                for spec_in in decl.inputs:
+                    runtime = "." not in spec_in.source or spec_in.source.split(".")[0] in (
+                        "observation", "language", "sampler")
+                    repeat = None
+                    if decl.role == "step" and spec_in.share == "repeat" and not spec_in.source.startswith("sampler."):
+                        repeat = spec_in.batch_axis
+                    graph.feeds.append(_Feed(spec_in.name, spec_in.source, _NUMPY[spec_in.dtype], runtime, repeat))
+                graph.outputs = [o.name for o in decl.outputs if f"{name}.{o.name}" in needed] or [
+                    o.name for o in decl.outputs
+                ]
+                graphs[name] = graph
+        return graphs
 
     # ---- properties -------------------------------------------------------------------------------------------
     @property
@@ -193,6 +295,7 @@ class PolicyRunner:
 
     @property
     def horizon(self) -> int:
+        """Actions per executed chunk."""
         return self.manifest.horizon
 
     @property
@@ -200,14 +303,59 @@ class PolicyRunner:
         return self.manifest.action_dim
 
     @property
+    def state_dim(self) -> int:
+        return self.manifest.state_dim
+
+    @property
+    def view_names(self) -> list[str]:
+        return [v.name for v in self._views]
+
+    @property
     def instruction(self) -> str | None:
         return self._instruction
 
-    # ---- instruction ------------------------------------------------------------------------------------------
-    def set_instruction(self, text: str) -> float:
-        """Make ``text`` the current instruction; runs the instruction encoder only the first time a text is seen.
+    @property
+    def single_pass(self) -> bool:
+        return self.manifest.sampler.kind == "single_pass"
 
-        Returns the milliseconds spent (0.0 on a cache hit). Raises UnknownWordError naming an unknown word.
+    @property
+    def history_length(self) -> int:
+        return self.manifest.observation.history
+
+    # ---- graphs -----------------------------------------------------------------------------------------------
+    def _run(self, graph: _Graph, values: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray] | None = None,
+             ) -> dict[str, np.ndarray]:
+        feed = {}
+        for f in graph.feeds:
+            value = extra[f.name] if extra is not None and f.name in extra else values[f.source]
+            feed[f.name] = value.astype(f.dtype, copy=False) if f.runtime else value
+        outputs = graph.session.run(graph.outputs, feed)
+        return {f"{graph.name}.{name}": out for name, out in zip(graph.outputs, outputs, strict=True)}
+
+    def _role(self, role: str) -> list[_Graph]:
+        return [g for g in self._graphs.values() if g.decl.role == role]
+
+    # ---- instruction ------------------------------------------------------------------------------------------
+    def _language(self, text: str, state_norm: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        if isinstance(self.tokenizer, WordTokenizer):
+            tokens = self.tokenizer.encode(text)
+            return {"language.tokens": tokens, "language.attention_mask": np.ones(tokens.shape, dtype=bool)}
+        state = None
+        if self._state_in_prompt is not None:
+            if state_norm is None:
+                return {}
+            state = discretise_state(state_norm, self._state_in_prompt.bins, self._state_in_prompt.pad_to)
+        try:
+            tokens, mask = self.tokenizer.encode(text, state)
+        except ValueError as exc:
+            raise PolicyInputError(str(exc)) from None
+        return {"language.tokens": tokens, "language.attention_mask": mask}
+
+    def set_instruction(self, text: str) -> float:
+        """Make ``text`` the current instruction; tokenizes it and runs the instruction graphs the first time a text
+        is seen (cached by text). Returns the milliseconds spent (0.0 on a cache hit).
+
+        Raises UnknownWordError naming an unknown word (word-list tokenizers).
         """
         self._instruction = text
         if text in self._instruction_cache:
@@ -215,133 +363,247 @@ class PolicyRunner:
             self._last_instruction_ms = 0.0
             return 0.0
         start = time.perf_counter()
-        tokens = self.tokenizer.encode(text)
-        (features,) = self._sessions["instruction_encoder"].run(["instruction_features"], {"tokens": tokens})
-        self._instruction_cache[text] = features.astype(np.float32)
+        values: dict[str, np.ndarray] = {}
+        if self.uses_language and self._state_in_prompt is None:
+            values.update(self._language(text))
+            for graph in self._role("instruction"):
+                values.update(self._run(graph, values))
+        self._instruction_cache[text] = values
         self.cache_misses += 1
         self._last_instruction_ms = (time.perf_counter() - start) * 1e3
         return self._last_instruction_ms
 
     # ---- observation ------------------------------------------------------------------------------------------
-    def _prepare_image(self, image: np.ndarray) -> np.ndarray:
-        """uint8 H×W×3 RGB → (1, h, w, 3) at the bundle's size; other sizes are resized with OpenCV (INTER_AREA)."""
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-            shape = getattr(image, "shape", None)
-            raise PolicyInputError(f"image must be an H×W×3 RGB array, got shape {shape}")
-        if image.dtype != np.uint8:
-            raise PolicyInputError(f"image must be uint8 (0..255), got {image.dtype}")
-        size = (self.manifest.image_width, self.manifest.image_height)
-        if (image.shape[1], image.shape[0]) != size:
-            import cv2  # only here: a camera already at the bundle's size never pays OpenCV's ~15 MiB
+    def _images(self, image: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if isinstance(image, Mapping):
+            missing = [v.name for v in self._views if v.name not in image]
+            if missing:
+                raise PolicyInputError(f"no frame for camera view(s) {missing}; the bundle reads {self.view_names}")
+            return {v.name: image[v.name] for v in self._views}
+        if len(self._views) != 1:
+            raise PolicyInputError(f"the bundle reads {len(self._views)} camera views {self.view_names}: pass a "
+                                   "mapping of view name to frame")
+        return {self._views[0].name: image}
 
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(image)[None]
+    def _raw_state(self, state: np.ndarray) -> np.ndarray:
+        values = np.asarray(state, dtype=np.float32).reshape(-1)
+        if values.shape[0] != self.state_dim:
+            raise PolicyInputError(f"state must have {self.state_dim} values, got {values.shape[0]}")
+        if not np.all(np.isfinite(values)):
+            raise PolicyInputError(f"state has non-finite values: {values.tolist()}")
+        return values
 
-    def _prepare_state(self, state: np.ndarray) -> np.ndarray:
-        state = np.asarray(state, dtype=np.float32).reshape(-1)
-        if state.shape[0] != self.manifest.state_dim:
-            raise PolicyInputError(f"state must have {self.manifest.state_dim} values, got {state.shape[0]}")
-        if not np.all(np.isfinite(state)):
-            raise PolicyInputError(f"state has non-finite values: {state.tolist()}")
-        return state[None]
+    def reset(self) -> None:
+        """Forget the observation history (a new task step starts: LeRobot's policy.reset())."""
+        self._history.clear()
 
-    def encode(self, image: np.ndarray, state: np.ndarray, t_obs_ns: int | None = None) -> EncodedObservation:
-        """Run the observation encoder once for the current instruction (set_instruction first)."""
+    def observe(self, image: np.ndarray | Mapping[str, np.ndarray], state: np.ndarray, t_ns: int) -> None:
+        """Record an observation for the history (policies with observation.history > 1; cheap: references only)."""
+        if self.history_length > 1:
+            self._history.record(ObservedFrame(t_ns, self._images(image), self._raw_state(state)))
+
+    def _observation_values(self, entries: list[ObservedFrame]) -> dict[str, np.ndarray]:
+        spec = self.manifest.observation
+        many = spec.history > 1
+        values: dict[str, np.ndarray] = {}
+        for view in self._views:
+            try:
+                frames = [prepare_view(e.images[view.name], view) for e in entries]
+            except ObservationError as exc:
+                raise PolicyInputError(str(exc)) from None
+            values[f"observation.image.{view.name}"] = (np.stack(frames) if many else frames[-1])[None]
+            values[f"observation.image_mask.{view.name}"] = np.ones((1, len(entries)) if many else (1,), dtype=bool)
+        state_spec = spec.state
+        states = np.stack([e.state for e in entries])
+        if not state_spec.normalisation.in_graph:
+            states = normalise(states, state_spec.normalisation)
+        states = pad_last(states, state_spec.padded_dim)
+        values["observation.state"] = states[None] if many else states[-1:]
+        return values
+
+    def encode(
+        self, image: np.ndarray | Mapping[str, np.ndarray], state: np.ndarray, t_obs_ns: int | None = None
+    ) -> EncodedObservation:
+        """Run the encode graphs once for the current instruction (set_instruction first).
+
+        ``image``: one uint8 H×W×3 RGB frame (single-view bundles) or {view name: frame}; any size (each view is
+        resized once, as the bundle declares). ``state``: the raw robot state.
+        """
         if self._instruction is None:
             raise PolicyInputError("no instruction: call set_instruction(text) before encode()")
         t_obs = time.monotonic_ns() if t_obs_ns is None else t_obs_ns
         start = time.perf_counter()
-        context, embedding = self._sessions["observation_encoder"].run(
-            ["context", "embedding"],
-            {
-                "image": self._prepare_image(image),
-                "state": self._prepare_state(state),
-                "instruction_features": self._instruction_cache[self._instruction],
-            },
-        )
+        current = ObservedFrame(t_obs, self._images(image), self._raw_state(state))
+        entries = self._history.select(current)
+        values: dict[str, np.ndarray] = dict(self._instruction_cache[self._instruction])
+        values.update(self._observation_values(entries))
+        if self._state_in_prompt is not None:
+            norm = normalise(current.state, self.manifest.observation.state.normalisation)
+            values.update(self._language(self._instruction, norm))
+        for graph in self._role("encode"):
+            values.update(self._run(graph, values))
+        embedding = None
+        if self.manifest.embedding is not None:
+            embedding = np.asarray(values[self.manifest.embedding]).reshape(-1)
         encode_ms = (time.perf_counter() - start) * 1e3
         return EncodedObservation(
-            context=context,
-            embedding=embedding[0],
-            instruction=self._instruction,
-            t_obs_ns=t_obs,
+            values=values, embedding=embedding, instruction=self._instruction, t_obs_ns=t_obs,
             timings_ms={"instruction": self._last_instruction_ms, "encode": encode_ms},
         )
 
     # ---- actions ----------------------------------------------------------------------------------------------
     def normalise_actions(self, actions: np.ndarray) -> np.ndarray:
-        scaled = 2.0 * (np.asarray(actions, dtype=np.float32) - self._action_low) / (self._action_high - self._action_low)
-        return (scaled - 1.0).astype(np.float32)
+        return normalise(actions, self.manifest.action.normalisation)
 
     def denormalise_actions(self, actions_norm: np.ndarray) -> np.ndarray:
-        return ((actions_norm + 1.0) * 0.5 * (self._action_high - self._action_low) + self._action_low).astype(
-            np.float32
-        )
+        return denormalise(actions_norm, self.manifest.action.normalisation)
+
+    def _prepare_prefix(self, prefix: np.ndarray | None) -> np.ndarray | None:
+        if prefix is None:
+            return None
+        prefix = np.asarray(prefix, dtype=np.float32)
+        if prefix.ndim != 2 or prefix.shape[1] != self.action_dim:
+            raise PolicyInputError(f"prefix must be d×{self.action_dim}, got shape {prefix.shape}")
+        if prefix.shape[0] >= self.horizon:
+            raise PolicyInputError(
+                f"prefix has {prefix.shape[0]} actions; it must be shorter than the horizon {self.horizon}"
+            )
+        if not np.all(np.isfinite(prefix)):
+            raise PolicyInputError("prefix has non-finite values")
+        if prefix.shape[0] == 0:
+            return None
+        norm = self.normalise_actions(prefix)
+        if self.manifest.action.normalisation.mode == "min_max":
+            norm = np.clip(norm, -1.0, 1.0)
+        return norm
+
+    def _noise(self, k: int, noise: np.ndarray | SamplerNoise | None) -> tuple[np.ndarray, np.ndarray | None]:
+        shape = (k, self.manifest.action.model_horizon, self.manifest.model_action_dim)
+        steps = None
+        if isinstance(noise, SamplerNoise):
+            initial, steps = noise.initial, noise.steps
+        else:
+            initial = noise
+        if initial is None:
+            x0 = self._rng.standard_normal(shape, dtype=np.float32)
+        else:
+            x0 = np.asarray(initial, dtype=np.float32)
+            if x0.shape != shape:
+                raise PolicyInputError(f"noise must have shape {shape}, got {x0.shape}")
+        if steps is not None and self._diffusion is not None:
+            steps = np.asarray(steps, dtype=np.float32)
+            want = (self._diffusion.noisy_steps, *shape)
+            if steps.shape != want:
+                raise PolicyInputError(f"step noise must have shape {want}, got {steps.shape}")
+        return x0, steps
+
+    def _step_values(self, encoded: EncodedObservation, k: int) -> dict[str, np.ndarray]:
+        """The step graphs' batch-1 inputs, repeated to K once for the chunk where they declare share='repeat'."""
+        extra: dict[str, np.ndarray] = {}
+        for graph in self._role("step"):
+            for f in graph.feeds:
+                if f.source.startswith("sampler."):
+                    continue
+                value = encoded.values[f.source]
+                if f.runtime:
+                    value = value.astype(f.dtype, copy=False)
+                if f.repeat_axis is not None and k > 1:
+                    value = np.repeat(value, k, axis=f.repeat_axis)
+                extra[f"{graph.name}:{f.name}"] = value
+        return extra
+
+    def _run_steps(self, statics: dict[str, np.ndarray], x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        values: dict[str, np.ndarray] = {"sampler.x": x, "sampler.t": t}
+        for graph in self._role("step"):
+            feed = {}
+            for f in graph.feeds:
+                key = f"{graph.name}:{f.name}"
+                if key in statics:
+                    feed[f.name] = statics[key]
+                elif f.runtime:
+                    feed[f.name] = values[f.source].astype(f.dtype, copy=False)
+                else:
+                    feed[f.name] = values[f.source]
+            outputs = graph.session.run(graph.outputs, feed)
+            values.update({f"{graph.name}.{n}": o for n, o in zip(graph.outputs, outputs, strict=True)})
+        return values[self.manifest.sampler.output]
 
     def sample(
         self,
         encoded: EncodedObservation,
         num_samples: int,
         prefix: np.ndarray | None = None,
-        noise: np.ndarray | None = None,
+        noise: np.ndarray | SamplerNoise | None = None,
     ) -> ChunkSamples:
-        """K chunks (K×H×A, physical units, clipped to the action limits) by Euler integration of the flow.
+        """K chunks (K×H×A, physical units, clipped to the action limits) with the bundle's sampler.
 
-        ``prefix`` (d×A, d < H, physical units) = actions already committed: at every step the first d actions of
-        x_t are set to the prefix noised for that t (inpainting), so the chunk continues them. ``noise`` (K×H×A)
-        replaces the runner's own random draw (parity checks compare variants on the same noise).
+        ``prefix`` (d×A, d < H, physical units) = actions already committed: flow and diffusion samplers inpaint
+        them at every step so the chunk continues them; single_pass copies them over the chunk's start. ``noise``
+        (array [K, model_horizon, A_pad], or SamplerNoise with every step's noise) replaces the runner's own draws
+        (parity checks). single_pass always returns K = 1.
         """
         if num_samples < 1:
             raise PolicyInputError(f"num_samples must be at least 1, got {num_samples}")
-        h, a, steps = self.manifest.horizon, self.manifest.action_dim, self.manifest.denoising_steps
+        spec = self.manifest
+        k = 1 if self.single_pass else num_samples
         start = time.perf_counter()
-        if noise is None:
-            x0 = self._rng.standard_normal((num_samples, h, a), dtype=np.float32)
-        else:
-            x0 = np.asarray(noise, dtype=np.float32)
-            if x0.shape != (num_samples, h, a):
-                raise PolicyInputError(f"noise must have shape {(num_samples, h, a)}, got {x0.shape}")
         prefix_norm = self._prepare_prefix(prefix)
         d = 0 if prefix_norm is None else prefix_norm.shape[0]
-        context = np.repeat(encoded.context, num_samples, axis=0)
-        x = x0.copy()
-        dt = 1.0 / steps
-        denoiser = self._sessions["denoiser"]
-        for step in range(steps):
-            t = step * dt
+        a, s0 = self.action_dim, spec.action.execute_start
+        window = (slice(None), slice(s0, s0 + d), slice(0, a))
+        statics = self._step_values(encoded, k)
+        if self.single_pass:
+            output = spec.sampler.output
+            if output in encoded.values:
+                x = np.asarray(encoded.values[output], dtype=np.float32)
+            else:
+                x = np.asarray(self._run_steps(statics, np.empty(0, np.float32), np.empty(0, np.float32)),
+                               dtype=np.float32)
+            x = x.copy()
             if d:
-                x[:, :d] = (1.0 - t) * x0[:, :d] + t * prefix_norm
-            timestep = np.full((num_samples,), t, dtype=np.float32)
-            (velocity,) = denoiser.run(["velocity"], {"noisy_actions": x, "timestep": timestep, "context": context})
-            x = x + dt * velocity
-        if d:
-            x[:, :d] = prefix_norm
-        actions = np.clip(self.denormalise_actions(x), self._limit_low, self._limit_high)
+                x[window] = prefix_norm
+        else:
+            x0, step_noise = self._noise(k, noise)
+            x = x0.copy()
+            if self._flow is not None:
+                flow = self._flow
+                for i in range(len(flow.times)):
+                    if d:
+                        x[window] = flow_inpaint(float(flow.progress[i]), x0[window], prefix_norm)
+                    t = np.full((k,), flow.times[i], dtype=np.float32)
+                    velocity = self._run_steps(statics, x, t)
+                    x = x + np.float32(flow.coefficient) * velocity
+            else:
+                sched = self._diffusion
+                assert sched is not None
+                drawn = 0
+                for i, step in enumerate(sched.steps):
+                    if d:
+                        x[window] = sched.inpaint(i, x0[window], prefix_norm)
+                    t = np.full((k,), step.timestep, dtype=np.int64)
+                    out = np.asarray(self._run_steps(statics, x, t), dtype=np.float32)
+                    eps = None
+                    if step.draws_noise:
+                        if step_noise is not None:
+                            eps = step_noise[drawn]
+                        else:
+                            eps = self._rng.standard_normal(x.shape, dtype=np.float32)
+                        drawn += 1
+                    x = sched.step(i, x, out, eps)
+            if d:
+                x[window] = prefix_norm
+        chunk = x[:, s0 : s0 + spec.action.execute_length, :a]
+        actions = np.clip(self.denormalise_actions(chunk), self._limit_low, self._limit_high)
         denoise_ms = (time.perf_counter() - start) * 1e3
         timings = dict(encoded.timings_ms)
         timings["denoise"] = denoise_ms
         timings["total"] = timings.get("instruction", 0.0) + timings.get("encode", 0.0) + denoise_ms
-        return ChunkSamples(actions=actions, embedding=encoded.embedding, t_obs_ns=encoded.t_obs_ns, timings_ms=timings)
-
-    def _prepare_prefix(self, prefix: np.ndarray | None) -> np.ndarray | None:
-        if prefix is None:
-            return None
-        prefix = np.asarray(prefix, dtype=np.float32)
-        if prefix.ndim != 2 or prefix.shape[1] != self.manifest.action_dim:
-            raise PolicyInputError(f"prefix must be d×{self.manifest.action_dim}, got shape {prefix.shape}")
-        if prefix.shape[0] >= self.manifest.horizon:
-            raise PolicyInputError(
-                f"prefix has {prefix.shape[0]} actions; it must be shorter than the horizon {self.manifest.horizon}"
-            )
-        if not np.all(np.isfinite(prefix)):
-            raise PolicyInputError("prefix has non-finite values")
-        if prefix.shape[0] == 0:
-            return None
-        return np.clip(self.normalise_actions(prefix), -1.0, 1.0)
+        embedding = encoded.embedding if encoded.embedding is not None else np.zeros(0, np.float32)
+        return ChunkSamples(actions=actions, embedding=embedding, t_obs_ns=encoded.t_obs_ns, timings_ms=timings)
 
     def infer(
         self,
-        image: np.ndarray,
+        image: np.ndarray | Mapping[str, np.ndarray],
         state: np.ndarray,
         instruction: str,
         num_samples: int = 8,
@@ -359,28 +621,40 @@ class PolicyRunner:
         """The hil rollout's policy interface: one chunk (H×A) from one sample."""
         return self.infer(image, state, instruction, num_samples=1).actions[0]
 
+    # ---- auxiliary graphs -------------------------------------------------------------------------------------
+    def run_auxiliary(self, graph_name: str, encoded: EncodedObservation) -> dict[str, np.ndarray]:
+        """Run one auxiliary graph (e.g. the success detector) on an encoded observation; {output name: value}."""
+        graph = self._graphs.get(graph_name)
+        if graph is None or graph.decl.role != "auxiliary":
+            raise PolicyInputError(f"the bundle has no auxiliary graph {graph_name!r}")
+        out = self._run(graph, encoded.values)
+        return {name.split(".", 1)[1]: value for name, value in out.items()}
+
+    def success_probability(self, encoded: EncodedObservation) -> float | None:
+        """P(step done) from the bundle's success detector (step_end.success), or None without one."""
+        check = self.manifest.step_end.success
+        if check is None:
+            return None
+        return float(np.asarray(self.run_auxiliary(check.graph, encoded)[check.output]).reshape(-1)[0])
+
     # ---- start-up ---------------------------------------------------------------------------------------------
-    def _warm_up(self, num_samples: int) -> None:
-        """Run every graph once (the denoiser at K = 1 and K = ``num_samples``) so the first real chunk does not
-        pay for lazy initialisation, and a graph that cannot run at the configured size fails now."""
-        m = self.manifest
-        features = np.zeros((1, m.instruction_features_dim), dtype=np.float32)
-        context, _ = self._sessions["observation_encoder"].run(
-            ["context", "embedding"],
-            {
-                "image": np.zeros((1, m.image_height, m.image_width, 3), dtype=np.uint8),
-                "state": np.zeros((1, m.state_dim), dtype=np.float32),
-                "instruction_features": features,
-            },
-        )
-        self._sessions["instruction_encoder"].run(["instruction_features"], {"tokens": np.ones((1, 1), np.int64)})
-        for k in sorted({1, num_samples}):
-            self._sessions["denoiser"].run(
-                ["velocity"],
-                {
-                    "noisy_actions": np.zeros((k, m.horizon, m.action_dim), dtype=np.float32),
-                    "timestep": np.zeros((k,), dtype=np.float32),
-                    "context": np.repeat(context, k, axis=0),
-                },
-            )
+    def _warm_up(self) -> None:
+        """Run every graph once so the first real chunk does not pay for lazy initialisation."""
+        frames = {v.name: np.zeros((v.height, v.width, 3), dtype=np.uint8) for v in self._views}
+        state = np.zeros(self.state_dim, dtype=np.float32)
+        if isinstance(self.tokenizer, WordTokenizer):
+            text = self.tokenizer.vocabulary[1]
+        else:
+            text = "warm up"
+        self.set_instruction(text)
+        encoded = self.encode(frames, state, t_obs_ns=0)
+        for k in (1,) if self.single_pass else WARM_UP_SAMPLES:
+            statics = self._step_values(encoded, k)
+            x = np.zeros((k, self.manifest.action.model_horizon, self.manifest.model_action_dim), np.float32)
+            if not self.single_pass or self.manifest.sampler.output not in encoded.values:
+                self._run_steps(statics, x, np.zeros((k,), np.float32))
+        self._history.clear()
+        self._instruction_cache.clear()
+        self._instruction = None
+        self.cache_misses = 0
         self._last_instruction_ms = 0.0

@@ -70,3 +70,50 @@ class WordTokenizer:
                 raise ValueError(f"instruction {texts[index]!r} is longer than {width} words")
             out[index, : len(row)] = row
         return out
+
+
+class PromptTokenizer:
+    """A Hugging Face ``tokenizers`` JSON (the policy's own tokenizer, shipped in the bundle), with the prompt
+    template, padding and truncation the bundle declares (docs/bundle-format.md, "Language").
+
+    ``encode(text, state=None)`` → (ids int64 [1, L], attention mask bool [1, L]). ``state`` (π0.5) is the string of
+    discretised state values put at ``{state}``.
+    """
+
+    def __init__(self, tokenizer_json: bytes, spec: object) -> None:
+        from tokenizers import Tokenizer  # the small Rust wheel; only bundles that ship a tokenizer.json need it
+
+        from vla_edge.bundle_schema import HfTokenizer
+
+        if not isinstance(spec, HfTokenizer):
+            raise TypeError("spec must be a bundle_schema.HfTokenizer")
+        self.spec = spec
+        try:
+            self._tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
+        except Exception as exc:  # the tokenizers library raises its own exception types
+            raise ValueError(f"tokenizer {spec.file} cannot be loaded: {exc}") from None
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+
+    def prompt(self, text: str, state: str | None = None) -> str:
+        task = text.strip().replace("_", " ").replace("\n", " ") if self.spec.clean_task else text
+        prompt = self.spec.prompt.replace("{task}", task)
+        if self.spec.state_in_prompt is not None:
+            if state is None:
+                raise ValueError("this tokenizer writes the state into the prompt: give the state")
+            prompt = prompt.replace("{state}", state)
+        return prompt
+
+    def encode(self, text: str, state: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if not text.strip():
+            raise UnknownWordError(f"instruction {text!r} has no words")
+        ids = self._tokenizer.encode(self.prompt(text, state), add_special_tokens=self.spec.add_special_tokens).ids
+        length = self.spec.max_length
+        if self.spec.truncation:
+            ids = ids[:length]
+        mask = [True] * len(ids)
+        if self.spec.padding == "max_length" and len(ids) < length:
+            pad = length - len(ids)
+            ids = ids + [self.spec.pad_id] * pad
+            mask = mask + [False] * pad
+        return np.asarray([ids], dtype=np.int64), np.asarray([mask], dtype=bool)
