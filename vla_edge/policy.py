@@ -190,6 +190,8 @@ class _Feed:
     dtype: type
     runtime: bool  # a runtime source (cast to dtype) rather than another graph's output
     repeat_axis: int | None  # step graphs: repeat a batch-1 value to K along this axis (None: feed as is)
+    static: bool = False  # step graphs: the same value for every step of a chunk (not sampler.*, not a step output)
+    key: str = ""  # "<graph>:<input>": where the chunk's static value is kept
 
 
 @dataclass
@@ -199,6 +201,7 @@ class _Graph:
     session: ort.InferenceSession
     feeds: list[_Feed] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    chained: bool = False  # a step graph that reads another step graph's output
 
 
 class PolicyRunner:
@@ -221,6 +224,11 @@ class PolicyRunner:
         self._rng = np.random.default_rng(seed)
         self._init_language()
         self._graphs = self._load_graphs(precision, providers, intra_op_threads)
+        self._by_role = {role: [g for g in self._graphs.values() if g.decl.role == role]
+                         for role in ("instruction", "encode", "step", "auxiliary")}
+        self._action_dim, self._state_dim, self._horizon = spec.action_dim, spec.state_dim, spec.horizon
+        self._execute_start = spec.action.execute_start
+        self._model_shape = (spec.action.model_horizon, spec.model_action_dim)
         self._providers = list(next(iter(self._graphs.values())).session.get_providers())
         self._views = list(spec.observation.cameras)
         obs = spec.observation
@@ -229,9 +237,24 @@ class PolicyRunner:
         sampler = spec.sampler
         self._flow = FlowSchedule.of(sampler) if isinstance(sampler, FlowMatchingEuler) else None
         self._diffusion = DiffusionSchedule(sampler) if isinstance(sampler, Diffusion) else None
+        norm = spec.action.normalisation
+        if norm.mode == "mean_std":
+            scale, offset = np.asarray(norm.std, np.float32), np.asarray(norm.mean, np.float32)
+        elif norm.mode == "min_max":
+            low = np.asarray(norm.low, np.float32)
+            d = np.asarray(norm.high, np.float32) - low
+            d = np.where(d == 0, np.float32(norm.eps), d).astype(np.float32)
+            scale, offset = (d / np.float32(2.0)).astype(np.float32), (low + d / np.float32(2.0)).astype(np.float32)
+        else:
+            scale, offset = np.ones(self._action_dim, np.float32), np.zeros(self._action_dim, np.float32)
+        self._action_scale, self._action_offset = scale, offset  # a = x·scale + offset (LeRobot's inverse)
         self._limit_low = np.asarray(spec.action_space.low, dtype=np.float32)
         self._limit_high = np.asarray(spec.action_space.high, dtype=np.float32)
         self._instruction_cache: dict[str, dict[str, np.ndarray]] = {}
+        self._sampler_output_only = [spec.sampler.output.partition(".")[2]]
+        self._sources = {i.source for g in spec.graphs.values() for i in g.inputs}
+        self._single_pass = spec.sampler.kind == "single_pass"
+        self._times: dict[int, list[np.ndarray]] = {}  # K → the time input of each flow step
         self._instruction: str | None = None
         self._last_instruction_ms = 0.0
         self.cache_hits = 0
@@ -281,7 +304,12 @@ class PolicyRunner:
                     repeat = None
                     if decl.role == "step" and spec_in.share == "repeat" and not spec_in.source.startswith("sampler."):
                         repeat = spec_in.batch_axis
-                    graph.feeds.append(_Feed(spec_in.name, spec_in.source, _NUMPY[spec_in.dtype], runtime, repeat))
+                    from_step = spec_in.source.split(".")[0] in spec.graphs and \
+                        spec.graphs[spec_in.source.split(".")[0]].role == "step"
+                    static = decl.role == "step" and not spec_in.source.startswith("sampler.") and not from_step
+                    graph.chained = graph.chained or from_step
+                    graph.feeds.append(_Feed(spec_in.name, spec_in.source, _NUMPY[spec_in.dtype], runtime, repeat,
+                                             static, f"{name}:{spec_in.name}"))
                 graph.outputs = [o.name for o in decl.outputs if f"{name}.{o.name}" in needed] or [
                     o.name for o in decl.outputs
                 ]
@@ -296,15 +324,15 @@ class PolicyRunner:
     @property
     def horizon(self) -> int:
         """Actions per executed chunk."""
-        return self.manifest.horizon
+        return self._horizon
 
     @property
     def action_dim(self) -> int:
-        return self.manifest.action_dim
+        return self._action_dim
 
     @property
     def state_dim(self) -> int:
-        return self.manifest.state_dim
+        return self._state_dim
 
     @property
     def view_names(self) -> list[str]:
@@ -333,7 +361,7 @@ class PolicyRunner:
         return {f"{graph.name}.{name}": out for name, out in zip(graph.outputs, outputs, strict=True)}
 
     def _role(self, role: str) -> list[_Graph]:
-        return [g for g in self._graphs.values() if g.decl.role == role]
+        return self._by_role[role]
 
     # ---- instruction ------------------------------------------------------------------------------------------
     def _language(self, text: str, state_norm: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -412,7 +440,9 @@ class PolicyRunner:
             except ObservationError as exc:
                 raise PolicyInputError(str(exc)) from None
             values[f"observation.image.{view.name}"] = (np.stack(frames) if many else frames[-1])[None]
-            values[f"observation.image_mask.{view.name}"] = np.ones((1, len(entries)) if many else (1,), dtype=bool)
+            mask = f"observation.image_mask.{view.name}"
+            if mask in self._sources:
+                values[mask] = np.ones((1, len(entries)) if many else (1,), dtype=bool)
         state_spec = spec.state
         states = np.stack([e.state for e in entries])
         if not state_spec.normalisation.in_graph:
@@ -478,7 +508,7 @@ class PolicyRunner:
         return norm
 
     def _noise(self, k: int, noise: np.ndarray | SamplerNoise | None) -> tuple[np.ndarray, np.ndarray | None]:
-        shape = (k, self.manifest.action.model_horizon, self.manifest.model_action_dim)
+        shape = (k, *self._model_shape)
         steps = None
         if isinstance(noise, SamplerNoise):
             initial, steps = noise.initial, noise.steps
@@ -502,24 +532,50 @@ class PolicyRunner:
         extra: dict[str, np.ndarray] = {}
         for graph in self._role("step"):
             for f in graph.feeds:
-                if f.source.startswith("sampler."):
+                if not f.static:
                     continue
                 value = encoded.values[f.source]
                 if f.runtime:
                     value = value.astype(f.dtype, copy=False)
                 if f.repeat_axis is not None and k > 1:
                     value = np.repeat(value, k, axis=f.repeat_axis)
-                extra[f"{graph.name}:{f.name}"] = value
+                extra[f.key] = value
         return extra
 
+    def _fast_step(self, statics: dict[str, np.ndarray]) -> tuple[ort.InferenceSession, dict, str, str] | None:
+        """One step graph reading float32 sampler.x and sampler.t: its session, the chunk's feed with the static
+        inputs filled in, and the names to put x and t under (the reference's and most bundles' case)."""
+        steps = self._by_role["step"]
+        if len(steps) != 1 or steps[0].chained:
+            return None
+        graph = steps[0]
+        feed: dict[str, np.ndarray] = {}
+        x_name = t_name = ""
+        for f in graph.feeds:
+            if f.static:
+                feed[f.name] = statics[f.key]
+            elif f.source == "sampler.x" and f.dtype is np.float32:
+                x_name = f.name
+            elif f.source == "sampler.t" and f.dtype is np.float32:
+                t_name = f.name
+            else:
+                return None
+        return (graph.session, feed, x_name, t_name) if x_name and t_name else None
+
     def _run_steps(self, statics: dict[str, np.ndarray], x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """One sampler step through the step graphs (the hot loop: statics were prepared once per chunk)."""
+        steps = self._by_role["step"]
+        if len(steps) == 1 and not steps[0].chained:  # the common case: one graph, inputs x, t and statics
+            graph = steps[0]
+            feed = {f.name: statics[f.key] if f.static else (x if f.source == "sampler.x" else t).astype(
+                f.dtype, copy=False) for f in graph.feeds}
+            return graph.session.run(self._sampler_output_only, feed)[0]  # type: ignore[no-any-return]
         values: dict[str, np.ndarray] = {"sampler.x": x, "sampler.t": t}
-        for graph in self._role("step"):
+        for graph in steps:
             feed = {}
             for f in graph.feeds:
-                key = f"{graph.name}:{f.name}"
-                if key in statics:
-                    feed[f.name] = statics[key]
+                if f.static:
+                    feed[f.name] = statics[f.key]
                 elif f.runtime:
                     feed[f.name] = values[f.source].astype(f.dtype, copy=False)
                 else:
@@ -545,14 +601,14 @@ class PolicyRunner:
         if num_samples < 1:
             raise PolicyInputError(f"num_samples must be at least 1, got {num_samples}")
         spec = self.manifest
-        k = 1 if self.single_pass else num_samples
+        k = 1 if self._single_pass else num_samples
         start = time.perf_counter()
         prefix_norm = self._prepare_prefix(prefix)
         d = 0 if prefix_norm is None else prefix_norm.shape[0]
-        a, s0 = self.action_dim, spec.action.execute_start
+        a, s0 = self._action_dim, self._execute_start
         window = (slice(None), slice(s0, s0 + d), slice(0, a))
         statics = self._step_values(encoded, k)
-        if self.single_pass:
+        if self._single_pass:
             output = spec.sampler.output
             if output in encoded.values:
                 x = np.asarray(encoded.values[output], dtype=np.float32)
@@ -567,12 +623,21 @@ class PolicyRunner:
             x = x0.copy()
             if self._flow is not None:
                 flow = self._flow
-                for i in range(len(flow.times)):
+                times = self._times.get(k)
+                if times is None:
+                    times = self._times[k] = [np.full((k,), t, dtype=np.float32) for t in flow.times]
+                coefficient = np.float32(flow.coefficient)
+                fast = self._fast_step(statics)
+                for i, t in enumerate(times):
                     if d:
                         x[window] = flow_inpaint(float(flow.progress[i]), x0[window], prefix_norm)
-                    t = np.full((k,), flow.times[i], dtype=np.float32)
-                    velocity = self._run_steps(statics, x, t)
-                    x = x + np.float32(flow.coefficient) * velocity
+                    if fast is not None:
+                        session, feed, x_name, t_name = fast
+                        feed[x_name], feed[t_name] = x, t
+                        velocity = session.run(self._sampler_output_only, feed)[0]
+                    else:
+                        velocity = self._run_steps(statics, x, t)
+                    x = x + coefficient * velocity
             else:
                 sched = self._diffusion
                 assert sched is not None
@@ -592,8 +657,8 @@ class PolicyRunner:
                     x = sched.step(i, x, out, eps)
             if d:
                 x[window] = prefix_norm
-        chunk = x[:, s0 : s0 + spec.action.execute_length, :a]
-        actions = np.clip(self.denormalise_actions(chunk), self._limit_low, self._limit_high)
+        chunk = x[:, s0 : s0 + self._horizon, :a]
+        actions = np.clip(chunk * self._action_scale + self._action_offset, self._limit_low, self._limit_high)
         denoise_ms = (time.perf_counter() - start) * 1e3
         timings = dict(encoded.timings_ms)
         timings["denoise"] = denoise_ms

@@ -115,7 +115,7 @@ def test_unknown_variant_or_graph_is_clear():
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        (("schema_version",), 2, "schema_version"),
+        (("schema_version",), 3, "schema_version 3 is not supported"),
         (("horizon",), 0, "horizon"),
         (("control_rate_hz",), -10.0, "control_rate_hz"),
         (("action_space", "low"), [0.0, 0.0, 2.0, 0.0], "low must be below"),

@@ -56,6 +56,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _store_args(rollback)
     rollback.set_defaults(func=_rollback)
 
+    upgrade = actions.add_parser("upgrade", help="write a schema-2 copy of a schema-1 bundle (same graphs)")
+    upgrade.add_argument("bundle", type=Path, help="a schema-1 bundle directory")
+    upgrade.add_argument("out", type=Path, help="new directory for the schema-2 bundle (must not exist)")
+    upgrade.add_argument("--state-names", default=None,
+                         help="comma-separated names of the state vector (schema 1 had none; default state_0,...)")
+    upgrade.set_defaults(func=_upgrade)
+
+    show = actions.add_parser("show", help="what a bundle runs: policy type, weights, views, actions, sampler")
+    show.add_argument("bundle", type=Path)
+    show.set_defaults(func=_show)
+
     listing = actions.add_parser("list", help="installed versions; * marks current, - previous")
     listing.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"store root (default {DEFAULT_STORE})")
     listing.set_defaults(func=_list)
@@ -161,3 +172,61 @@ def _list(args: argparse.Namespace) -> int:
         mark = "*" if v.is_current else "-" if v.is_previous else " "
         print(f"{mark} {v.name}{'' if v.signed else '  (unsigned)'}")
     return 0
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from vla_edge.bundle import BundleManifest, load_bundle
+    from vla_edge.bundle_build import assemble_bundle
+    from vla_edge.bundle_schema import upgrade_v1
+
+    if args.out.exists():
+        raise VlaEdgeError(f"{args.out} exists; give a new directory")
+    bundle = load_bundle(args.bundle, verify=True)
+    if not isinstance(bundle.manifest, BundleManifest):
+        raise VlaEdgeError(f"{args.bundle} is already schema {bundle.manifest.schema_version}")
+    names = [n.strip() for n in args.state_names.split(",")] if args.state_names else None
+    try:
+        upgraded = upgrade_v1(bundle.manifest, names)
+    except ValueError as exc:
+        raise VlaEdgeError(str(exc)) from None
+    data = upgraded.model_dump(mode="json")
+    assemble_bundle(args.out, data, {rel: bundle.path / rel for rel in bundle.manifest.files})
+    print(f"wrote schema-2 bundle {args.out} ({len(bundle.manifest.files)} files copied)")
+    if (args.bundle / "signature.json").exists():
+        print(f"the signature covers the manifest: sign it again (vla-edge bundle sign {args.out} --key KEY)")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from vla_edge.bundle import load_bundle
+    from vla_edge.policy import manifest_v2
+
+    bundle = load_bundle(args.bundle, verify=False)
+    m = manifest_v2(bundle)
+    print(describe_bundle(m, schema=bundle.manifest.schema_version))
+    return 0
+
+
+def describe_bundle(m, schema: int = 2) -> str:  # noqa: ANN001 - a BundleManifestV2
+    """A few lines saying what a bundle is; random-weight policies are labelled as such."""
+    weights = "RANDOM WEIGHTS (a real architecture, not a trained policy)" if m.policy.random_weights else "trained"
+    tok = m.language.tokenizer
+    tokenizer = "word list" if tok.kind == "words" else (
+        "tokenizer.json" + (" (STAND-IN tokenizer trained here, not the checkpoint's)" if tok.stand_in else ""))
+    views = ", ".join(f"{v.name} {v.width}×{v.height} ({v.resize})" for v in m.observation.cameras)
+    sampler = m.sampler.kind + (f", {m.sampler.steps} steps" if hasattr(m.sampler, "steps") else
+                                f", {m.sampler.num_inference_steps} steps" if hasattr(m.sampler, "num_inference_steps")
+                                else "")
+    end = m.step_end
+    rules = [f"done action '{end.done_action}'" if end.done_action else "",
+             f"{end.max_chunks} chunks" if end.max_chunks else "", f"{end.max_seconds:g} s" if end.max_seconds else "",
+             f"success detector '{end.success.graph}'" if end.success else "", "external check" if end.external else ""]
+    return "\n".join([
+        f"{m.name} {m.version} (schema {schema}): {m.policy.type}, {m.policy.parameters:,} parameters, {weights}",
+        f"  cameras: {views}; observation history {m.observation.history}",
+        f"  state: {', '.join(m.state_names)}",
+        f"  actions: {', '.join(m.action_names)}; {m.horizon} per chunk at {m.control_rate_hz:g} Hz",
+        f"  sampler: {sampler}; language: {tokenizer}",
+        f"  step ends on: {', '.join(r for r in rules if r)}",
+        f"  variants: {', '.join(m.variants)}",
+    ])

@@ -1,0 +1,130 @@
+"""How a task step ends and what the action vector means, from the bundle manifest (docs/bundle-format.md,
+``step_end``, ``action_space.names``) instead of the reference's fixed ``[x, y, grip, done]``.
+
+Pure logic: the executor feeds it what happened (actions sent, chunks accepted, the success detector's value, the
+time) and asks whether the step is over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vla_edge.bundle_schema import BundleManifestV2
+
+
+@dataclass(frozen=True)
+class ActionLayout:
+    """The action and state vectors by name, and the rule that ends a step."""
+
+    action_names: tuple[str, ...]
+    state_names: tuple[str, ...]
+    horizon: int
+    done_index: int | None
+    done_threshold: float
+    max_chunks: int | None
+    max_seconds: float | None
+    success_threshold: float | None
+    success_every_chunks: int
+    external: bool
+
+    @classmethod
+    def of(cls, manifest: BundleManifestV2) -> ActionLayout:
+        rule = manifest.step_end
+        names = tuple(manifest.action_space.names)
+        return cls(
+            action_names=names,
+            state_names=tuple(manifest.observation.state.names),
+            horizon=manifest.horizon,
+            done_index=names.index(rule.done_action) if rule.done_action is not None else None,
+            done_threshold=rule.done_threshold,
+            max_chunks=rule.max_chunks,
+            max_seconds=rule.max_seconds,
+            success_threshold=rule.success.threshold if rule.success is not None else None,
+            success_every_chunks=rule.success.every_chunks if rule.success is not None else 1,
+            external=rule.external,
+        )
+
+    @property
+    def grip_index(self) -> int | None:
+        """The first action dimension whose name says grip/gripper (teleoperation's grip key), or None."""
+        for i, name in enumerate(self.action_names):
+            if "grip" in name.lower():
+                return i
+        return None
+
+    def is_done(self, action: np.ndarray) -> bool:
+        """Whether an executed action says the step is finished (False when the bundle has no done dimension)."""
+        return self.done_index is not None and bool(action[self.done_index] > self.done_threshold)
+
+    def teleop_action(self, base: np.ndarray, dx: float, dy: float, grip: float | None, done: bool) -> np.ndarray:
+        """An operator's command in this action space: the console's two axes move the first two dimensions of
+        ``base`` (the last action sent, or the measured state where names agree), its grip key sets the grip
+        dimension, its 'done' sets the done dimension; every other dimension holds."""
+        action = np.array(base, dtype=np.float32, copy=True)
+        if action.shape[0] >= 2:
+            action[0] += dx
+            action[1] += dy
+        if grip is not None and self.grip_index is not None:
+            action[self.grip_index] = grip
+        if self.done_index is not None:
+            action[self.done_index] = 1.0 if done else 0.0
+        return action
+
+    def initial_action(self, measured_state: np.ndarray | None, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """Where teleoperation starts: for each action dimension the measured state of the same name; else the
+        state value at the same index for the first two (the reference: gripper x/y → target x/y); else the middle
+        of the action range. The done dimension starts at 0."""
+        action = ((np.asarray(low, np.float32) + np.asarray(high, np.float32)) / 2).astype(np.float32)
+        if measured_state is not None:
+            by_name = dict(zip(self.state_names, np.asarray(measured_state, np.float32).tolist(), strict=False))
+            for i, name in enumerate(self.action_names):
+                if name in by_name:
+                    action[i] = by_name[name]
+                elif i < 2 and i < len(measured_state):
+                    action[i] = float(measured_state[i])
+            grip = self.grip_index
+            if grip is not None and self.action_names[grip] not in by_name:
+                state_grip = next((i for i, n in enumerate(self.state_names) if "grip" in n.lower()), None)
+                if state_grip is not None and state_grip < len(measured_state):
+                    action[grip] = float(measured_state[state_grip])
+        if self.done_index is not None:
+            action[self.done_index] = 0.0
+        return action
+
+
+@dataclass
+class StepEndTracker:
+    """One step's progress against the layout's rule: ``check`` says why the step ends, or None."""
+
+    layout: ActionLayout
+    started_ns: int
+    actions_sent: int = 0
+    chunks_accepted: int = 0
+    success_p: float | None = None
+    _reason: str | None = field(default=None, repr=False)
+
+    def on_action(self, action: np.ndarray) -> None:
+        self.actions_sent += 1
+        if self.layout.is_done(action):
+            self._reason = self._reason or f"the policy's '{self.layout.action_names[self.layout.done_index]}' action"  # type: ignore[index]
+
+    def on_chunk(self, success_p: float | None = None) -> None:
+        self.chunks_accepted += 1
+        threshold = self.layout.success_threshold
+        if threshold is not None and success_p is not None \
+                and self.chunks_accepted % self.layout.success_every_chunks == 0:
+            self.success_p = success_p
+            if success_p > threshold:
+                self._reason = self._reason or f"success detector {success_p:.2f} > {threshold:g}"
+
+    def check(self, now_ns: int) -> str | None:
+        if self._reason is not None:
+            return self._reason
+        layout = self.layout
+        if layout.max_chunks is not None and self.actions_sent >= layout.max_chunks * layout.horizon:
+            return f"{layout.max_chunks} chunk(s) executed (step_end.max_chunks)"
+        if layout.max_seconds is not None and now_ns - self.started_ns >= layout.max_seconds * 1e9:
+            return f"{layout.max_seconds:g} s elapsed (step_end.max_seconds)"
+        return None
