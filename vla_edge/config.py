@@ -23,14 +23,29 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class CameraViewSettings(Section):
+    """The source of one camera view a bundle names (``[camera.views.<name>]``); the rest of ``[camera]`` applies."""
+
+    source: str = Field(description='"sim", a V4L2 index or path, a video file, or a URL (as camera.source).')
+    sim_endpoint: str | None = Field(None, description="For source 'sim': where this view is published.")
+    fourcc: str | None = Field(None, min_length=4, max_length=4)
+    capture_width: int | None = Field(None, gt=0)
+    capture_height: int | None = Field(None, gt=0)
+    capture_fps: float | None = Field(None, gt=0)
+
+
 class CameraSettings(Section):
     source: str = Field(
         "sim",
         description='"sim" (the hil world), a V4L2 index ("0") or path ("/dev/video0"), a video file, or a URL.',
     )
     sim_endpoint: str = Field("tcp://127.0.0.1:5570", description="Where the simulated world publishes frames.")
-    width: int = Field(96, gt=0, description="Frames are resized to this width before the policy sees them.")
-    height: int = Field(96, gt=0)
+    width: int | None = Field(
+        None, gt=0, description="Resize frames to this width at capture (for a camera whose full frames are too big "
+        "to pass around). Unset: frames keep the camera's resolution and the policy resizes each view once, as the "
+        "bundle declares."
+    )
+    height: int | None = Field(None, gt=0)
     max_frame_age_ms: float = Field(250.0, gt=0, description="A frame older than this is never used.")
     stall_timeout_ms: float = Field(1000.0, gt=0, description="No new frame for this long: camera stalled, hold.")
     loop_file: bool = Field(False, description="Restart a video file at its end instead of reporting end of stream.")
@@ -43,6 +58,10 @@ class CameraSettings(Section):
     capture_width: int | None = Field(None, gt=0, description="V4L2 capture width to ask for (before the resize).")
     capture_height: int | None = Field(None, gt=0, description="V4L2 capture height to ask for.")
     capture_fps: float | None = Field(None, gt=0, description="V4L2 frame rate to ask for.")
+    views: dict[str, CameraViewSettings] = Field(
+        default_factory=dict, description="One source per camera view the bundle names ([camera.views.<name>]); a "
+        "single-view bundle may use camera.source instead, and so may a multi-view bundle's first view."
+    )
 
 
 class PolicySettings(Section):

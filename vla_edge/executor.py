@@ -55,6 +55,7 @@ from vla_edge.scheduler import (
     TickDecision,
     realtime_tick,
 )
+from vla_edge.step_end import ActionLayout, StepEndTracker
 from vla_edge.task import StepReport
 from vla_edge.types import ChunkSamples, Frame, Observation, Verdict
 
@@ -173,6 +174,8 @@ class ExecutorSettings:
     # Simulated time only: inference runs synchronously and its result arrives this many simulated seconds later
     # (None: a worker thread in real time, the robot's mode).
     simulated_inference_delay_s: float | None = None
+    # The bundle's action names and step-end rule (vla_edge.step_end); None: the reference's [x, y, grip, done].
+    layout: ActionLayout | None = None
 
     @classmethod
     def from_settings(cls, settings, manifest, **overrides) -> ExecutorSettings:
@@ -243,6 +246,9 @@ class PolicyStepExecutor:
         self._memory = _ChunkMemory()
         self._holding_reason: str | None = None
         self._refusal_seen = -1  # newest seq_rejected (or refusing report) already acted on
+        space = getattr(getattr(policy, "manifest", None), "action_space", None)
+        self._action_low = None if space is None else np.asarray(space.low, np.float32)
+        self._action_high = None if space is None else np.asarray(space.high, np.float32)
         if settings.simulated_inference_delay_s is None:
             inference = ThreadedInference(self._plan)
         else:
@@ -290,6 +296,8 @@ class PolicyStepExecutor:
         timeout_ns = int(self.settings.step_timeout_s * 1e9)
         ticks = 0
         done_seqs: set[int] = set()  # commands sent with the done flag; the step ends when one was actuated
+        layout = self.settings.layout
+        ending = StepEndTracker(layout, started) if layout is not None else None
         while True:
             if stop.is_set():
                 return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped")
@@ -318,6 +326,8 @@ class PolicyStepExecutor:
             ticks += 1
             if decision.new_chunk is not None:
                 self._accept(decision.new_chunk)
+                if ending is not None:
+                    ending.on_chunk(decision.new_chunk.samples.success)
             if decision.rejected_chunk is not None:
                 self._notify_chunk(decision.rejected_chunk)
             if decision.escalate:
@@ -328,11 +338,20 @@ class PolicyStepExecutor:
                 return self._end(report, "low_confidence")
             sent, seq = self._send(decision)
             self._after_tick(decision, lateness, sent, instruction, intervention=False)
-            if sent is not None and step_done(sent) and seq >= 0:
+            if sent is not None and seq >= 0 and (layout.is_done(sent) if layout else step_done(sent)):
                 done_seqs.add(seq)
             if done_seqs and self.state_source.actuated(done_seqs):
                 return self._end(StepReport("done", self.latest_frame(), {}, "", ticks), None)
+            if ending is not None:  # the bundle's other step-end rules: chunks, seconds, success detector
+                if sent is not None:
+                    ending.on_action(sent)
+                why_done = ending.check(loop.next_tick_ns)
+                if why_done is not None:
+                    return self._end(StepReport("done", self.latest_frame(), {}, why_done, ticks), None)
             if loop.next_tick_ns - started >= timeout_ns:  # the step has used its time
+                if layout is not None and layout.external:  # the step's time is up; the outside check judges it
+                    return self._end(StepReport("done", self.latest_frame(), {}, "time budget used; the task "
+                                                "runner's success check judges the step", ticks), None)
                 self._send_hold("stalled")
                 why = f"step did not finish within {self.settings.step_timeout_s:g} s"
                 if decision.hold_reason:
@@ -364,6 +383,7 @@ class PolicyStepExecutor:
         timeout_ns = int(self.settings.step_timeout_s * 1e9)
         position: np.ndarray | None = None  # the operator's target; None: re-base on the next measured state
         grip = 0.0
+        base = np.zeros(self.policy.action_dim, np.float32)  # the bundle's action space: where the take-over started
         ticks = 0
         done_seqs: set[int] = set()
         last_applied, progress_ns = -1, self.clock.now_ns()
@@ -381,6 +401,10 @@ class PolicyStepExecutor:
                 position = np.clip(measured[:2], 0.0, 1.0)
                 if measured.shape[0] > GRIP_INDEX:
                     grip = float(measured[GRIP_INDEX])
+                if self.settings.layout is not None:
+                    base = self._teleop_base(measured)
+                    grip_index = self.settings.layout.grip_index
+                    grip = float(base[grip_index]) if grip_index is not None else grip
             move = commands.take()
             if move is not None and move.grip is not None:
                 grip = float(move.grip)
@@ -394,7 +418,11 @@ class PolicyStepExecutor:
                 if move is not None:
                     position = np.clip(position + [move.dx, move.dy], 0.0, 1.0)
                 done = commands.done
-                action = np.array([position[0], position[1], grip, 1.0 if done else 0.0], dtype=np.float32)
+                if self.settings.layout is None:
+                    action = np.array([position[0], position[1], grip, 1.0 if done else 0.0], dtype=np.float32)
+                else:  # the bundle's action space: the two axes, grip and done by name, the rest held
+                    action = self.settings.layout.teleop_action(base, 0.0, 0.0, grip, done)
+                    action[:2] = position
                 seq = self.sink.send_action(action, now)
                 self._holding_reason = None
                 if done and seq >= 0:
@@ -410,6 +438,14 @@ class PolicyStepExecutor:
                 return self._end(StepReport("stalled", self.latest_frame(), {}, why, ticks), "stalled")
         return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped")
 
+    def _teleop_base(self, measured: np.ndarray) -> np.ndarray:
+        """Where a take-over starts in the bundle's action space (vla_edge.step_end.ActionLayout.initial_action)."""
+        layout = self.settings.layout
+        assert layout is not None
+        low = np.zeros(len(layout.action_names), np.float32) if self._action_low is None else self._action_low
+        high = np.ones(len(layout.action_names), np.float32) if self._action_high is None else self._action_high
+        return layout.initial_action(measured.astype(np.float32), low, high)
+
     def hold(self, reason: str) -> None:
         self._send_hold(reason)
 
@@ -420,6 +456,8 @@ class PolicyStepExecutor:
     # -- the tick's helpers --------------------------------------------------------------------------------------
     def _begin(self, instruction: str) -> None:
         self._scheduler.reset()
+        if hasattr(self.policy, "reset"):
+            self.policy.reset()  # a new step: the observation history starts again (LeRobot's policy.reset())
         self._instruction = instruction
         with self._memory.lock:
             self._memory.samples = None
@@ -437,6 +475,10 @@ class PolicyStepExecutor:
         frame = self.camera.latest(self.settings.max_frame_age_ms)
         if frame is not None:
             self._frame = frame
+            if getattr(self.policy, "history_length", 1) > 1:  # the policy reads past observations too
+                state = self._measured_state()
+                if state is not None and state.shape[0] == self.settings.state_dim:
+                    self.policy.observe(frame.policy_input, state, frame.t_capture_ns)  # type: ignore[attr-defined]
         # Never plan on, show or record a stale frame, whatever the camera handed out.
         if self._frame is not None and self._frame_age_ms(self._frame) > self.settings.max_frame_age_ms:
             self._frame = None
@@ -483,6 +525,8 @@ class PolicyStepExecutor:
         report = self._live_controller()
         if report is None:
             return None
+        if self.settings.layout is not None:  # the state by name from the measured action-space position
+            return self.settings.layout.state_from_measured(report.actual)
         return np.asarray(report.actual[: self.settings.state_dim], dtype=np.float32)
 
     def _new_refusal(self, report: ControllerState) -> bool:
@@ -506,7 +550,7 @@ class PolicyStepExecutor:
         if state is None or state.shape[0] != self.settings.state_dim:
             return None
         self._last_planned_seq = frame.seq
-        return Observation(frame.image, state, self._instruction, frame.t_capture_ns)
+        return Observation(frame.image, state, self._instruction, frame.t_capture_ns, frame.views)
 
     def _plan(self, request: InferenceRequest) -> PlannedChunk:
         """Runs in the inference worker (or synchronously on a simulated clock); an exception it raises is logged
@@ -517,7 +561,8 @@ class PolicyStepExecutor:
         k = self.settings.num_samples
         if request.attempt > 0 and self.settings.resample_num_samples is not None:
             k = self.settings.resample_num_samples
-        samples = self.policy.infer(obs.image, obs.state, obs.instruction, k, prefix, t_obs_ns=obs.t_capture_ns)
+        samples = self.policy.infer(obs.policy_input, obs.state, obs.instruction, k, prefix,
+                                    t_obs_ns=obs.t_capture_ns)
         chunk = select_chunk(samples.actions)
         with self._memory.lock:
             previous, previous_start = self._memory.samples, self._memory.start_tick

@@ -28,7 +28,7 @@ from vla_edge.bundle_schema import (
     Tensor,
     upgrade_v1,
 )
-from vla_edge.errors import BundleError
+from vla_edge.errors import BundleError, VlaEdgeError
 from vla_edge.preprocess import (
     ObservationError,
     ObservationHistory,
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _NUMPY = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "int8": np.int8,
           "uint8": np.uint8, "bool": np.bool_}
-WARM_UP_SAMPLES = (1, 8)
 
 
 class PolicyInputError(ObservationError):
@@ -214,6 +213,7 @@ class PolicyRunner:
         providers: list[str] | None = None,
         intra_op_threads: int = 2,
         seed: int = 0,
+        warm_up_samples: int = 8,
     ) -> None:
         self.bundle = bundle
         self.manifest = spec = manifest_v2(bundle)
@@ -259,7 +259,18 @@ class PolicyRunner:
         self._last_instruction_ms = 0.0
         self.cache_hits = 0
         self.cache_misses = 0
-        self._warm_up()
+        try:
+            self._warm_up(warm_up_samples)
+        except MemoryError:
+            raise BundleError(f"the {precision} variant of bundle {bundle.path} does not fit in memory "
+                              f"(warm-up at K = {warm_up_samples})") from None
+        except VlaEdgeError:
+            raise
+        except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidArgument, ...) derive from it
+            detail = " ".join(str(exc).split())
+            raise BundleError(f"the {precision} variant of bundle {bundle.path} fails its warm-up inference "
+                              f"(K = {warm_up_samples}): {detail}") from None
+        log.info("policy %s/%s runs on %s", spec.name, precision, ", ".join(self._providers))
 
     # ---- loading ----------------------------------------------------------------------------------------------
     def _init_language(self) -> None:
@@ -664,7 +675,9 @@ class PolicyRunner:
         timings["denoise"] = denoise_ms
         timings["total"] = timings.get("instruction", 0.0) + timings.get("encode", 0.0) + denoise_ms
         embedding = encoded.embedding if encoded.embedding is not None else np.zeros(0, np.float32)
-        return ChunkSamples(actions=actions, embedding=embedding, t_obs_ns=encoded.t_obs_ns, timings_ms=timings)
+        success = self.success_probability(encoded) if spec.step_end.success is not None else None
+        return ChunkSamples(actions=actions, embedding=embedding, t_obs_ns=encoded.t_obs_ns, timings_ms=timings,
+                            success=success)
 
     def infer(
         self,
@@ -703,8 +716,9 @@ class PolicyRunner:
         return float(np.asarray(self.run_auxiliary(check.graph, encoded)[check.output]).reshape(-1)[0])
 
     # ---- start-up ---------------------------------------------------------------------------------------------
-    def _warm_up(self) -> None:
-        """Run every graph once so the first real chunk does not pay for lazy initialisation."""
+    def _warm_up(self, num_samples: int) -> None:
+        """Run every graph once (the step graphs at K = 1 and K = ``num_samples``) so the first real chunk does not
+        pay for lazy initialisation, and a graph that cannot run at the configured size fails now."""
         frames = {v.name: np.zeros((v.height, v.width, 3), dtype=np.uint8) for v in self._views}
         state = np.zeros(self.state_dim, dtype=np.float32)
         if isinstance(self.tokenizer, WordTokenizer):
@@ -713,7 +727,7 @@ class PolicyRunner:
             text = "warm up"
         self.set_instruction(text)
         encoded = self.encode(frames, state, t_obs_ns=0)
-        for k in (1,) if self.single_pass else WARM_UP_SAMPLES:
+        for k in (1,) if self.single_pass else sorted({1, num_samples}):
             statics = self._step_values(encoded, k)
             x = np.zeros((k, self.manifest.action.model_horizon, self.manifest.model_action_dim), np.float32)
             if not self.single_pass or self.manifest.sampler.output not in encoded.values:

@@ -6,6 +6,7 @@ Pure functions (numpy, OpenCV for the one resize) plus a small bounded history b
 from __future__ import annotations
 
 import bisect
+import threading
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -138,23 +139,27 @@ class ObservationHistory:
         self.length = length
         self.interval_ns = max(int(interval_ns), 1)
         self._entries: deque[ObservedFrame] = deque(maxlen=max(4 * length, 8))
+        self._lock = threading.Lock()  # the tick thread records, the inference worker selects
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
     def record(self, entry: ObservedFrame) -> None:
-        if self._entries and entry.t_ns < self._entries[-1].t_ns:
-            return  # older than what we have: never reorder time
-        if self._entries and entry.t_ns == self._entries[-1].t_ns:
-            self._entries[-1] = entry
-            return
-        self._entries.append(entry)
+        with self._lock:
+            if self._entries and entry.t_ns < self._entries[-1].t_ns:
+                return  # older than what we have: never reorder time
+            if self._entries and entry.t_ns == self._entries[-1].t_ns:
+                self._entries[-1] = entry
+                return
+            self._entries.append(entry)
 
     def select(self, current: ObservedFrame) -> list[ObservedFrame]:
-        self.record(current)
         if self.length == 1:
             return [current]
-        entries = list(self._entries)
+        self.record(current)
+        with self._lock:
+            entries = list(self._entries)
         times = [e.t_ns for e in entries]
         chosen: list[ObservedFrame | None] = []
         for k in range(self.length - 1, 0, -1):

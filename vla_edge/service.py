@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_edge.bundle import Bundle, load_bundle
-from vla_edge.camera import CameraStatus, open_source
+from vla_edge.camera import CameraStatus, open_cameras
 from vla_edge.checkpoint import CheckpointStore
 from vla_edge.confidence import DEFAULT_THRESHOLDS, ActionBounds, ConfidenceMonitor, EmbeddingStats
 from vla_edge.config import Settings
@@ -26,11 +26,12 @@ from vla_edge.errors import BundleError, VlaEdgeError
 from vla_edge.executor import ExecutorSettings, PolicyStepExecutor, TickObserver
 from vla_edge.operator.console import ConsoleModel, OperatorConsole
 from vla_edge.operator.escalation import EscalationQueue, TeleopChannel
-from vla_edge.policy import PolicyRunner
+from vla_edge.policy import PolicyRunner, manifest_v2
 from vla_edge.routing import build_router
 from vla_edge.scheduler import PlannedChunk, TickDecision
 from vla_edge.sdnotify import Notifier, WatchdogGate, watchdog_interval_s
 from vla_edge.signing import check_loaded_signature
+from vla_edge.step_end import ActionLayout
 from vla_edge.stream import ActionStream
 from vla_edge.task import StepReport, TaskEvent, TaskResult, TaskRunner, TaskSpec
 from vla_edge.telemetry import DaemonMetrics, HealthSampler, MetricsServer, build_status
@@ -72,7 +73,7 @@ def build_monitor(bundle: Bundle, settings: Settings) -> ConfidenceMonitor | Non
     if not settings.confidence.enabled:
         log.warning("confidence checks are disabled: every chunk will be actuated")
         return None
-    manifest = bundle.manifest
+    manifest = manifest_v2(bundle)
     space = manifest.action_space
     bounds = ActionBounds(np.asarray(space.low), np.asarray(space.high), np.asarray(space.max_delta))
     stats = manifest.embedding_stats
@@ -80,13 +81,25 @@ def build_monitor(bundle: Bundle, settings: Settings) -> ConfidenceMonitor | Non
     thresholds.update(manifest.confidence_thresholds or {})
     if settings.confidence.thresholds_file is not None:
         thresholds.update(load_thresholds(settings.confidence.thresholds_file))
-    position_dims = np.array([i for i, name in enumerate(space.names) if name not in ("grip", "done")])
+    # spread over the position-like dimensions: not the done flag, not the gripper (nearly binary)
+    done = manifest.step_end.done_action
+    position_dims = np.array([i for i, name in enumerate(space.names) if name != done and "grip" not in name.lower()
+                              and name != "done"])
     return ConfidenceMonitor(
         bounds=bounds,
-        embedding_stats=EmbeddingStats(np.asarray(stats.mean), np.asarray(stats.std), np.asarray(stats.precision)),
+        # No embedding declared (most imported policies): the ood signal does not apply.
+        embedding_stats=None if stats is None else EmbeddingStats(
+            np.asarray(stats.mean), np.asarray(stats.std), np.asarray(stats.precision)),
         thresholds=thresholds,
         spread_dims=position_dims if position_dims.size else None,
     )
+
+
+def _layout(manifest, settings: Settings) -> ActionLayout:  # noqa: ANN001 - a BundleManifestV2
+    try:
+        return ActionLayout.of(manifest)
+    except ValueError as exc:
+        raise BundleError(f"bundle {settings.policy.bundle}: {exc}") from None
 
 
 def load_thresholds(path: Path) -> dict[str, float]:
@@ -136,8 +149,9 @@ class _TelemetryObserver(TickObserver):
 class _RecorderObserver(TickObserver):
     """One dataset episode per step attempt; each frame says whether a human was driving."""
 
-    def __init__(self, recorder) -> None:
+    def __init__(self, recorder, size: tuple[int, int]) -> None:
         self.recorder = recorder
+        self._size = size  # (width, height) of the recorded video
         self._last_sent: np.ndarray | None = None
 
     def on_tick(self, decision, lateness_ns, sent, frame: Frame | None, state, instruction, intervention):
@@ -145,7 +159,12 @@ class _RecorderObserver(TickObserver):
             self._last_sent = sent
         if frame is None or state is None or self._last_sent is None:
             return
-        self.recorder.add_frame(frame.image, state, self._last_sent, intervention, instruction)
+        image = frame.image
+        if (image.shape[1], image.shape[0]) != self._size:  # the dataset's size, not the policy's input
+            import cv2
+
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        self.recorder.add_frame(image, state, self._last_sent, intervention, instruction)
 
     def on_step_end(self, report: StepReport, instruction: str) -> None:
         self.recorder.end_episode(success=report.outcome == "done")
@@ -183,13 +202,15 @@ class Daemon:
     def _start(self) -> None:
         s = self.settings
         self.bundle = open_bundle(s)
-        manifest = self.bundle.manifest
         self.policy, monitor = open_policy(self.bundle, s)
+        manifest = self.policy.manifest  # schema 2 (a schema-1 bundle upgraded in memory)
+        if manifest.policy.random_weights:
+            log.warning("bundle %s has RANDOM WEIGHTS (a real architecture, not a trained policy)", manifest.name)
         router = build_router(s, manifest, monitor, self.metrics.metrics, self._on_remote_status)
         if router is not None:
             self._stack.callback(router.close)
 
-        camera = open_source(s.camera)
+        camera = open_cameras(s.camera, self.policy.view_names)  # one source per view the bundle reads
         camera.start()
         self._stack.callback(camera.close)
         self.camera = camera
@@ -216,13 +237,14 @@ class Daemon:
         if s.recorder.enabled:
             from vla_edge.recorder import EpisodeRecorder, RecordingFeatures
 
+            first_view = manifest.observation.cameras[0]
             features = RecordingFeatures(
-                image_height=s.camera.height, image_width=s.camera.width,
-                action_names=tuple(manifest.action_space.names),
+                image_height=s.camera.height or first_view.height, image_width=s.camera.width or first_view.width,
+                state_names=tuple(manifest.state_names), action_names=tuple(manifest.action_names),
             )
             recorder = EpisodeRecorder(s.recorder.dataset_dir, s.recorder.fps, features, codec=s.recorder.video_codec)
             self._stack.callback(recorder.discard_episode)
-            observers.append(_RecorderObserver(recorder))
+            observers.append(_RecorderObserver(recorder, (features.image_width, features.image_height)))
 
         interval = watchdog_interval_s()
         if interval is not None:
@@ -230,7 +252,7 @@ class Daemon:
             self._stack.callback(self._watchdog.stop)
         self.executor = PolicyStepExecutor(
             self.policy, monitor, camera, self.stream,
-            ExecutorSettings.from_settings(s, manifest),
+            ExecutorSettings.from_settings(s, manifest, layout=_layout(manifest, s)),
             observers=observers,
             progress=self._watchdog.progress if self._watchdog else None,
             router=router,

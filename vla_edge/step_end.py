@@ -73,22 +73,18 @@ class ActionLayout:
         return action
 
     def initial_action(self, measured_state: np.ndarray | None, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-        """Where teleoperation starts: for each action dimension the measured state of the same name; else the
-        state value at the same index for the first two (the reference: gripper x/y → target x/y); else the middle
-        of the action range. The done dimension starts at 0."""
+        """Where teleoperation starts: each action dimension takes the measured state of the same name, else the
+        state value at the same index (the reference: gripper x, y, grip → target x, y, grip), else the middle of
+        its range; the done dimension starts at 0."""
         action = ((np.asarray(low, np.float32) + np.asarray(high, np.float32)) / 2).astype(np.float32)
         if measured_state is not None:
-            by_name = dict(zip(self.state_names, np.asarray(measured_state, np.float32).tolist(), strict=False))
+            state = np.asarray(measured_state, np.float32)
+            by_name = dict(zip(self.state_names, state.tolist(), strict=False))
             for i, name in enumerate(self.action_names):
                 if name in by_name:
                     action[i] = by_name[name]
-                elif i < 2 and i < len(measured_state):
-                    action[i] = float(measured_state[i])
-            grip = self.grip_index
-            if grip is not None and self.action_names[grip] not in by_name:
-                state_grip = next((i for i, n in enumerate(self.state_names) if "grip" in n.lower()), None)
-                if state_grip is not None and state_grip < len(measured_state):
-                    action[grip] = float(measured_state[state_grip])
+                elif i < state.shape[0]:
+                    action[i] = float(state[i])
         if self.done_index is not None:
             action[self.done_index] = 0.0
         return action
@@ -96,7 +92,8 @@ class ActionLayout:
 
 @dataclass
 class StepEndTracker:
-    """One step's progress against the layout's rule: ``check`` says why the step ends, or None."""
+    """One step's progress against the chunk, time and success-detector rules: ``check`` says why the step ends,
+    or None."""
 
     layout: ActionLayout
     started_ns: int
@@ -106,9 +103,9 @@ class StepEndTracker:
     _reason: str | None = field(default=None, repr=False)
 
     def on_action(self, action: np.ndarray) -> None:
+        """An action was sent. (The done dimension is the executor's: it ends the step once such a command was
+        actuated, which only the controller can confirm.)"""
         self.actions_sent += 1
-        if self.layout.is_done(action):
-            self._reason = self._reason or f"the policy's '{self.layout.action_names[self.layout.done_index]}' action"  # type: ignore[index]
 
     def on_chunk(self, success_p: float | None = None) -> None:
         self.chunks_accepted += 1

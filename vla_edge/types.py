@@ -6,6 +6,7 @@ All times are ``time.monotonic_ns()`` values unless a name says otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,11 +14,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Frame:
-    """One camera image (RGB, uint8, H×W×3) and when it was captured."""
+    """One camera image (RGB, uint8, H×W×3) and when it was captured. With several camera views, ``image`` is the
+    first view's and ``views`` holds every view's by name (``vla_edge.camera.MultiViewSource``)."""
 
     image: np.ndarray
     t_capture_ns: int
     seq: int
+    views: Mapping[str, np.ndarray] | None = None
+
+    @property
+    def policy_input(self) -> np.ndarray | Mapping[str, np.ndarray]:
+        """What PolicyRunner.encode takes: every view by name, or the one image."""
+        return self.views if self.views is not None else self.image
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,11 @@ class Observation:
     state: np.ndarray
     instruction: str
     t_capture_ns: int
+    views: Mapping[str, np.ndarray] | None = None  # every camera view by name (multi-view bundles)
+
+    @property
+    def policy_input(self) -> np.ndarray | Mapping[str, np.ndarray]:
+        return self.views if self.views is not None else self.image
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class ChunkSamples:
     embedding: np.ndarray
     t_obs_ns: int
     timings_ms: dict[str, float] = field(default_factory=dict)
+    success: float | None = None  # P(step done) from the bundle's success detector, when it has one
 
     @property
     def num_samples(self) -> int:

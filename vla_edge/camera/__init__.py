@@ -18,10 +18,20 @@ from vla_edge.camera.message import (
     encode_frame_message,
 )
 from vla_edge.camera.opencv_source import OpenCVSource, SourceKind, parse_source
+from vla_edge.camera.multi import MultiViewSource, view_settings
 from vla_edge.camera.sim_source import SimSource
 from vla_edge.config import CameraSettings
 
 SIM_SOURCE = "sim"
+
+
+def open_cameras(settings: CameraSettings, view_names: list[str]) -> FrameSource:
+    """The source(s) for the camera views a bundle reads: ``camera.source`` for a single view without its own
+    ``[camera.views.<name>]``; else a `MultiViewSource` with one source per view. Not yet started."""
+    per_view = view_settings(settings, view_names)
+    if len(view_names) == 1:
+        return open_source(per_view[view_names[0]])
+    return MultiViewSource({name: open_source(s) for name, s in per_view.items()}, settings.max_frame_age_ms)
 
 
 def open_source(settings: CameraSettings) -> FrameSource:
@@ -44,11 +54,13 @@ __all__ = [
     "FrameMessageError",
     "FrameSource",
     "GrabberSource",
+    "MultiViewSource",
     "OpenCVSource",
     "SimSource",
     "SourceKind",
     "decode_frame_message",
     "encode_frame_message",
+    "open_cameras",
     "open_source",
     "parse_source",
 ]

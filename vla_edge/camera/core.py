@@ -79,9 +79,10 @@ class _Counters:
     reopen_attempts: int = 0  # OpenCV: devices and URLs re-opened after a failure
 
 
-def to_policy_image(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize an RGB image to the configured size; a fresh, writable, contiguous array either way."""
-    if rgb.shape[0] == height and rgb.shape[1] == width:
+def to_policy_image(rgb: np.ndarray, width: int | None, height: int | None) -> np.ndarray:
+    """The frame as published: a fresh, writable, contiguous RGB array, resized only when ``camera.width/height``
+    are set (unset: the camera's own resolution; the policy resizes each view once, as its bundle declares)."""
+    if width is None or height is None or (rgb.shape[0] == height and rgb.shape[1] == width):
         return np.array(rgb, dtype=np.uint8, copy=True, order="C")
     shrinking = rgb.shape[0] > height or rgb.shape[1] > width
     # INTER_AREA averages pixels when shrinking (no aliasing); INTER_LINEAR is the sensible choice to enlarge.

@@ -72,6 +72,9 @@ def example_toml() -> str:
             value = getattr(section, field_name)
             if value is None or isinstance(value, SecretStr):
                 out.append(f"# {field_name} =")
+            elif isinstance(value, dict):  # a table of tables (camera.views): an example, commented out
+                out.append(f"# [{section_name}.{field_name}.NAME]  e.g. [{section_name}.{field_name}.wrist] "
+                           'source = "/dev/video2"')
             elif isinstance(value, bool):
                 out.append(f"{field_name} = {str(value).lower()}")
             elif isinstance(value, (int, float)):
