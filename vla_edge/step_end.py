@@ -29,11 +29,34 @@ class ActionLayout:
     success_every_chunks: int
     external: bool
 
+    @property
+    def state_source(self) -> tuple[int, ...]:
+        """For each state value, the index of the measured action-space value it is (the controller reports its
+        position in the action's units and order, docs/wire.md §3): the action of the same name, else the same
+        index. Raises ValueError for a state the controller cannot report."""
+        by_name = {name: i for i, name in enumerate(self.action_names)}
+        out = []
+        for i, name in enumerate(self.state_names):
+            j = by_name.get(name, i if i < len(self.action_names) else -1)
+            if j < 0:
+                raise ValueError(
+                    f"state {name!r} cannot be measured: the controller reports the action vector "
+                    f"{list(self.action_names)}, which has no value of that name or index"
+                )
+            out.append(j)
+        return tuple(out)
+
+    def state_from_measured(self, actual: object) -> np.ndarray:
+        """The policy's state from a controller state report's ``actual`` values."""
+        values = np.asarray(actual, dtype=np.float32).reshape(-1)
+        return values[list(self.state_source)]
+
     @classmethod
     def of(cls, manifest: BundleManifestV2) -> ActionLayout:
+        """Raises ValueError when a state value is not among what the controller reports (state_source)."""
         rule = manifest.step_end
         names = tuple(manifest.action_space.names)
-        return cls(
+        layout = cls(
             action_names=names,
             state_names=tuple(manifest.observation.state.names),
             horizon=manifest.horizon,
@@ -45,6 +68,8 @@ class ActionLayout:
             success_every_chunks=rule.success.every_chunks if rule.success is not None else 1,
             external=rule.external,
         )
+        layout.state_source  # noqa: B018 - fail at start-up, not at the first tick
+        return layout
 
     @property
     def grip_index(self) -> int | None:
@@ -72,19 +97,14 @@ class ActionLayout:
             action[self.done_index] = 1.0 if done else 0.0
         return action
 
-    def initial_action(self, measured_state: np.ndarray | None, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-        """Where teleoperation starts: each action dimension takes the measured state of the same name, else the
-        state value at the same index (the reference: gripper x, y, grip → target x, y, grip), else the middle of
-        its range; the done dimension starts at 0."""
-        action = ((np.asarray(low, np.float32) + np.asarray(high, np.float32)) / 2).astype(np.float32)
-        if measured_state is not None:
-            state = np.asarray(measured_state, np.float32)
-            by_name = dict(zip(self.state_names, state.tolist(), strict=False))
-            for i, name in enumerate(self.action_names):
-                if name in by_name:
-                    action[i] = by_name[name]
-                elif i < state.shape[0]:
-                    action[i] = float(state[i])
+    def initial_action(self, measured: np.ndarray | None, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """Where teleoperation starts: the controller's measured position (it reports the action vector, in the
+        action's order), else the middle of the action range; the done dimension starts at 0."""
+        low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        action = ((low + high) / 2).astype(np.float32)
+        if measured is not None:
+            values = np.asarray(measured, np.float32).reshape(-1)[: action.shape[0]]
+            action[: values.shape[0]] = np.clip(values, low[: values.shape[0]], high[: values.shape[0]])
         if self.done_index is not None:
             action[self.done_index] = 0.0
         return action

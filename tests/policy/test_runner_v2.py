@@ -45,7 +45,7 @@ def _expected_c(runner: PolicyRunner, frames: dict[str, np.ndarray], state: np.n
 
 def test_flow_lands_on_the_target_whatever_the_noise(flow_runner: PolicyRunner) -> None:
     frames = {"top": _frame(12, 16, 1), "wrist": _frame(20, 20, 2)}  # other sizes than the bundle's: resized once
-    state = np.array([0.3, -1.0, 2.0], np.float32)
+    state = np.array([0.3, -1.0], np.float32)
     text = "pick up the red cube"
     flow_runner.set_instruction(text)
     encoded = flow_runner.encode(frames, state)
@@ -66,17 +66,17 @@ def test_flow_lands_on_the_target_whatever_the_noise(flow_runner: PolicyRunner) 
 def test_flow_inpaints_the_committed_prefix(flow_runner: PolicyRunner) -> None:
     frames = {"top": _frame(8, 8, 3), "wrist": _frame(6, 6, 4)}
     flow_runner.set_instruction("place it")
-    encoded = flow_runner.encode(frames, np.zeros(3, np.float32))
+    encoded = flow_runner.encode(frames, np.zeros(2, np.float32))
     free = flow_runner.sample(encoded, 3).actions
-    prefix = np.array([[1.0, -2.0], [1.5, -1.0]], np.float32)
+    prefix = np.array([[1.0, -2.0, 0.5], [1.5, -1.0, 0.25]], np.float32)
     held = flow_runner.sample(encoded, 3, prefix=prefix).actions
-    np.testing.assert_allclose(held[:, :2], np.broadcast_to(prefix, (3, 2, 2)), atol=1e-5)
+    np.testing.assert_allclose(held[:, :2], np.broadcast_to(prefix, (3, 2, 3)), atol=1e-5)
     np.testing.assert_allclose(held[:, 2:], free[:, 2:], atol=2e-4)  # the rest still lands on a*
 
 
 def test_flow_noise_has_the_padded_shape(flow_runner: PolicyRunner) -> None:
     flow_runner.set_instruction("pick up")
-    encoded = flow_runner.encode({"top": _frame(8, 8), "wrist": _frame(6, 6)}, np.zeros(3, np.float32))
+    encoded = flow_runner.encode({"top": _frame(8, 8), "wrist": _frame(6, 6)}, np.zeros(2, np.float32))
     with pytest.raises(PolicyInputError, match=r"noise must have shape \(2, 6, 4\)"):
         flow_runner.sample(encoded, 2, noise=np.zeros((2, tiny.FLOW_EXECUTE, tiny.FLOW_A), np.float32))
 
@@ -84,9 +84,9 @@ def test_flow_noise_has_the_padded_shape(flow_runner: PolicyRunner) -> None:
 def test_multi_view_bundle_needs_every_view(flow_runner: PolicyRunner) -> None:
     flow_runner.set_instruction("pick up")
     with pytest.raises(PolicyInputError, match=r"no frame for camera view\(s\) \['wrist'\]"):
-        flow_runner.encode({"top": _frame(8, 8)}, np.zeros(3, np.float32))
+        flow_runner.encode({"top": _frame(8, 8)}, np.zeros(2, np.float32))
     with pytest.raises(PolicyInputError, match="pass a mapping of view name to frame"):
-        flow_runner.encode(_frame(8, 8), np.zeros(3, np.float32))
+        flow_runner.encode(_frame(8, 8), np.zeros(2, np.float32))
 
 
 def test_hf_tokenizer_prompt_padding_and_mask(flow_runner: PolicyRunner) -> None:
@@ -104,12 +104,12 @@ def test_state_in_prompt_tokenizes_per_chunk(tmp_path: Path) -> None:
     runner = PolicyRunner(load_bundle(directory), "fp32", intra_op_threads=1)
     runner.set_instruction("pick_up")
     frames = {"top": _frame(8, 8), "wrist": _frame(6, 6)}
-    a = runner.encode(frames, np.array([0.1, 0.2, 0.3], np.float32))
-    b = runner.encode(frames, np.array([4.0, 0.2, 0.3], np.float32))
+    a = runner.encode(frames, np.array([0.1, 0.2], np.float32))
+    b = runner.encode(frames, np.array([4.0, 0.2], np.float32))
     # "task : pick up , state : <4 bins> ;\naction" — the state's bins are in the prompt, so the tokens differ
     assert a.values["language.tokens"].tolist() != b.values["language.tokens"].tolist()
-    state_norm = normalise(np.array([0.1, 0.2, 0.3], np.float32), runner.manifest.observation.state.normalisation)
-    bins = np.digitize(np.append(state_norm, 0.0), np.linspace(-1, 1, 257)[:-1]) - 1
+    state_norm = normalise(np.array([0.1, 0.2], np.float32), runner.manifest.observation.state.normalisation)
+    bins = np.digitize(np.append(state_norm, [0.0, 0.0]), np.linspace(-1, 1, 257)[:-1]) - 1
     assert runner.tokenizer.prompt("pick_up", " ".join(map(str, bins))) == (  # type: ignore[union-attr]
         f"task : pick up , state : {' '.join(map(str, bins))} ;\naction")
 

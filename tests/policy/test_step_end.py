@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vla_edge.bundle import load_bundle
 from vla_edge.bundle_schema import upgrade_v1
@@ -28,8 +29,9 @@ def test_reference_layout_reads_done_by_name() -> None:
     assert layout.done_index == 3 and layout.grip_index == 2
     assert layout.is_done(np.array([0.2, 0.3, 0.0, 0.9], np.float32))
     assert not layout.is_done(np.array([0.2, 0.3, 0.0, 0.4], np.float32))
-    start = layout.initial_action(np.array([0.4, 0.6, 1.0], np.float32), np.zeros(4), np.ones(4))
-    np.testing.assert_allclose(start, [0.4, 0.6, 1.0, 0.0])  # gripper x/y/grip → target x/y/grip, done 0
+    start = layout.initial_action(np.array([0.4, 0.6, 1.0, 1.0], np.float32), np.zeros(4), np.ones(4))
+    np.testing.assert_allclose(start, [0.4, 0.6, 1.0, 0.0])  # the measured position, done back to 0
+    assert layout.state_from_measured([0.4, 0.6, 1.0, 1.0]).tolist() == pytest.approx([0.4, 0.6, 1.0])
     moved = layout.teleop_action(start, 0.05, -0.1, 0.0, done=True)
     np.testing.assert_allclose(moved, [0.45, 0.5, 0.0, 1.0], atol=1e-6)
 
@@ -60,5 +62,9 @@ def test_generic_arm_teleop_holds_other_joints() -> None:
     layout = _layout(max_chunks=1)
     assert layout.grip_index == 2 and layout.done_index is None
     start = layout.initial_action(np.array([0.1, -0.2, 0.7], np.float32), -np.ones(3), np.ones(3))
+    mixed = _layout(state_names=("gripper", "shoulder"))
+    assert mixed.state_from_measured([0.1, -0.2, 0.7]).tolist() == pytest.approx([0.7, 0.1])  # by name
+    with pytest.raises(ValueError, match="state 'velocity' cannot be measured"):
+        _layout(state_names=("a", "b", "c", "velocity")).state_source  # noqa: B018
     np.testing.assert_allclose(start, [0.1, -0.2, 0.7])
     np.testing.assert_allclose(layout.teleop_action(start, 0.1, 0.0, None, done=True), [0.2, -0.2, 0.7], atol=1e-6)

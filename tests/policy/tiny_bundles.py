@@ -55,7 +55,7 @@ def _variants(graph_names: list[str], precisions: tuple[str, ...] = ("fp32",)) -
 
 
 # ---- flow matching (SmolVLA-like) -------------------------------------------------------------------------------
-FLOW_H, FLOW_A_PAD, FLOW_A, FLOW_S = 6, 4, 2, 3
+FLOW_H, FLOW_A_PAD, FLOW_A, FLOW_S = 6, 4, 3, 3
 FLOW_EXECUTE = 5
 FLOW_PATTERN = (np.arange(FLOW_H * FLOW_A_PAD, dtype=np.float32).reshape(FLOW_H, FLOW_A_PAD) / 10.0 - 1.0)
 
@@ -77,7 +77,7 @@ def _tokenizer_json() -> bytes:
 
 def build_flow_bundle(directory: Path, time_start: float = 1.0, velocity: str = "noise_minus_action",
                       share: str = "broadcast", state_in_prompt: bool = False) -> Path:
-    """Two cameras (float32 CHW, resize-with-pad left/top and plain resize), state 3 → padded 4, actions 2 → padded
+    """Two cameras (float32 CHW, resize-with-pad left/top and plain resize), state 2 → padded 4, actions 3 → padded
     4, horizon 6 of which 5 executed, a tokenizer.json, prefix graph with a bool mask output, expert step graph."""
     L = 8  # noqa: N806
     # prefix: c = mean(img_a) + mean(img_b) + 0.1·sum(state) + 0.01·Σ tokens·mask + 0.5·Σ mask_a
@@ -157,13 +157,13 @@ def build_flow_bundle(directory: Path, time_start: float = 1.0, velocity: str = 
                 {"name": "wrist", "height": 6, "width": 6, "resize": "resize", "interpolation": "area",
                  "dtype": "float32", "layout": "chw"},
             ],
-            "state": {"names": ["j0", "j1", "j2"], "padded_dim": 4,
-                      "normalisation": {"mode": "mean_std", "mean": [0.1, 0.2, 0.3], "std": [2.0, 2.0, 2.0]}},
+            "state": {"names": ["joint_a", "joint_b"], "padded_dim": 4,
+                      "normalisation": {"mode": "mean_std", "mean": [0.1, 0.2], "std": [2.0, 2.0]}},
         },
         "language": {"tokenizer": tok},
-        "action_space": {"names": ["joint_a", "joint_b"], "low": [-5.0, -5.0], "high": [5.0, 5.0],
-                         "max_delta": [10.0, 10.0]},
-        "action": {"normalisation": {"mode": "mean_std", "mean": [0.5, -0.5], "std": [2.0, 3.0]},
+        "action_space": {"names": ["joint_a", "joint_b", "gripper"], "low": [-5.0, -5.0, 0.0],
+                         "high": [5.0, 5.0, 1.0], "max_delta": [10.0, 10.0, 1.0]},
+        "action": {"normalisation": {"mode": "mean_std", "mean": [0.5, -0.5, 0.5], "std": [2.0, 3.0, 0.5]},
                    "padded_dim": FLOW_A_PAD, "model_horizon": FLOW_H, "execute_start": 0,
                    "execute_length": FLOW_EXECUTE},
         "graphs": {
@@ -261,7 +261,7 @@ def build_diffusion_bundle(directory: Path, sampler: dict[str, Any]) -> Path:
         },
         "language": {"tokenizer": {"kind": "words", "vocabulary": ["<pad>", "task"]}},
         "action_space": {"names": ["ax", "ay", "az"], "low": [-1.0, -1.0, -1.0], "high": [3.0, 3.0, 3.0],
-                         "max_delta": [1.0, 1.0, 1.0]},
+                         "max_delta": [4.0, 4.0, 4.0]},
         "action": {"normalisation": {"mode": "min_max", "low": [0.0, 0.0, 0.0], "high": [2.0, 2.0, 2.0]},
                    "model_horizon": DP_H, "execute_start": 1, "execute_length": 6},
         "graphs": {
