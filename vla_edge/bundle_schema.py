@@ -27,6 +27,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vla_edge.bundle_io import check_name
+from vla_edge.errors import BundleError
 from vla_edge.bundle import (
     UNLISTED_FILES,
     ActionSpace,
@@ -556,8 +558,11 @@ class BundleManifestV2(_Strict):
 
     def _check_files(self) -> None:
         for path in self.files:
-            parts = path.split("/")
-            if path.startswith("/") or ".." in parts or "" in parts or "\\" in path or path in UNLISTED_FILES:
+            try:
+                check_name(path)
+            except BundleError as exc:
+                raise ValueError(f"file path {path!r} must be relative, inside the bundle, and UTF-8: {exc}") from None
+            if path in UNLISTED_FILES:
                 raise ValueError(f"file path {path!r} must be relative, inside the bundle, and not a reserved name")
         if not self.variants:
             raise ValueError("a bundle needs at least one variant")

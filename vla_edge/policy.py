@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from vla_edge.bundle import Bundle, BundleManifest
+from vla_edge.bundle import Bundle, BundleManifest, dims_agree
 from vla_edge.bundle_schema import (
     ORT_DTYPES,
     BundleManifestV2,
@@ -98,27 +98,33 @@ def choose_providers(preferred: list[str] | tuple[str, ...] | None) -> list[str]
     return [*chosen, "CPUExecutionProvider"]
 
 
-def _check_io(session: ort.InferenceSession, decl: GraphDecl, where: str) -> None:
-    """Refuse a graph whose tensors differ from the manifest: names, dtypes, ranks, fixed sizes."""
-    actual_in = {node.name: node for node in session.get_inputs()}
-    actual_out = {node.name: node for node in session.get_outputs()}
-    pairs: list[tuple[Tensor, dict[str, object], str]] = [(s, actual_in, "input") for s in decl.inputs]
-    pairs += [(s, actual_out, "output") for s in decl.outputs]
-    for spec, actual, kind in pairs:
-        node = actual.get(spec.name)
-        if node is None:
-            raise BundleError(f"{where}: graph has no {kind} {spec.name!r} (it has {', '.join(actual)})")
-        if node.type != ORT_DTYPES[spec.dtype]:  # type: ignore[attr-defined]
-            raise BundleError(f"{where}: {kind} {spec.name!r} is {node.type}, manifest says {spec.dtype}")  # type: ignore[attr-defined]
-        shape = list(node.shape)  # type: ignore[attr-defined]
-        if len(shape) != len(spec.shape):
-            raise BundleError(f"{where}: {kind} {spec.name!r} has shape {shape}, manifest says {spec.shape}")
-        for have, want in zip(shape, spec.shape, strict=True):
-            if isinstance(have, int) and isinstance(want, int) and have != want:
-                raise BundleError(f"{where}: {kind} {spec.name!r} has shape {shape}, manifest says {spec.shape}")
-    missing = [name for name in actual_in if name not in {s.name for s in decl.inputs}]
-    if missing:
-        raise BundleError(f"{where}: graph inputs {missing} are not declared in the manifest")
+def check_io(session: ort.InferenceSession, decl: GraphDecl, where: str) -> None:
+    """Refuse a graph whose tensors differ from the manifest's declaration: a missing or extra name, another
+    dtype, or another shape (rank, or a fixed size where the manifest has another size or a dynamic one).
+
+    A graph may be dynamic where the manifest is fixed (it accepts the fixed size); the warm-up runs it.
+    """
+    for kind, specs, nodes in (("input", decl.inputs, session.get_inputs()),
+                               ("output", decl.outputs, session.get_outputs())):
+        actual = {node.name: node for node in nodes}
+        declared = {spec.name for spec in specs}
+        if kind == "input" and set(actual) - declared:
+            extra = ", ".join(sorted(set(actual) - declared))
+            raise BundleError(f"{where}: graph has input(s) the manifest does not declare: {extra}")
+        for spec in specs:
+            node = actual.get(spec.name)
+            if node is None:
+                raise BundleError(f"{where}: graph has no {kind} {spec.name!r} (it has {', '.join(actual)})")
+            if node.type != ORT_DTYPES[spec.dtype]:
+                raise BundleError(f"{where}: {kind} {spec.name!r} is {node.type}, manifest says {spec.dtype}")
+            wanted = tuple(d if isinstance(d, int) else None for d in spec.shape)
+            if not dims_agree(list(node.shape), wanted):
+                raise BundleError(f"{where}: {kind} {spec.name!r} has shape {_shown(node.shape)} in the graph, "
+                                  f"the manifest says {_shown(spec.shape)}")
+
+
+def _shown(shape: list) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def open_session(
@@ -303,11 +309,11 @@ class PolicyRunner:
             for name in spec.graphs_with_role(role):  # type: ignore[arg-type]
                 decl = spec.graphs[name]
                 gf = variant.graphs[name]
-                where = f"bundle {self.bundle.path}: {gf.file}"
+                where = gf.file
                 folder = posixpath.dirname(gf.file)
                 external = [posixpath.join(folder, e) if folder else e for e in gf.external_data]
                 session = open_session(self._read, gf.file, lambda: session_options(threads), wanted, external)
-                _check_io(session, decl, where)
+                check_io(session, decl, where)
                 graph = _Graph(name, decl, session)
                 for spec_in in decl.inputs:
                     runtime = "." not in spec_in.source or spec_in.source.split(".")[0] in (

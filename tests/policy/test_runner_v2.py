@@ -234,7 +234,8 @@ def test_graph_that_differs_from_the_manifest_is_refused(tmp_path: Path) -> None
     manifest["graphs"]["decoder"]["outputs"][0]["shape"] = [1, tiny.ACT_H + 1, tiny.ACT_A]
     manifest["action"].update(model_horizon=tiny.ACT_H + 1, execute_length=tiny.ACT_H + 1)
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"output 'actions' has shape \[1, 7, 3\], manifest says \[1, 8, 3\]"):
+    with pytest.raises(BundleError, match=r"output 'actions' has shape \[1, 7, 3\] in the graph, the manifest says "
+                                          r"\[1, 8, 3\]"):
         PolicyRunner(load_bundle(directory), "fp32", intra_op_threads=1)
 
 
