@@ -458,7 +458,7 @@ class ClosedLoop(_Strict):
 class Parity(_Strict):
     """How a variant compares with a reference on the same observations and the same noise (every step's)."""
 
-    reference: str = Field(max_length=512, description="e.g. 'lerobot 0.4.4 select_action, torch fp32' or 'fp32'.")
+    reference: str = Field(max_length=512, description="e.g. 'lerobot 0.6.1 select_action, torch fp32' or 'fp32'.")
     observations: int = Field(ge=0)
     action_mae: float = Field(ge=0, description="Mean |a − a_ref|, physical units.")
     action_max_abs_error: float = Field(ge=0)

@@ -161,11 +161,12 @@ class ConfidenceMonitor:
 
     def evaluate(self, samples: ChunkSamples, chunk: np.ndarray, context: ChunkContext) -> Verdict:
         values = {
-            "spread": spread_score(samples.actions, self.bounds, self.spread_dims),
             "consistency": consistency_score(samples, context, self.bounds),
             "limits": limits_score(chunk, self.bounds),
             "jerk": jerk_score(chunk, self.bounds, context.last_executed),
         }
+        if samples.num_samples >= 2:  # one sample (single_pass policies such as ACT): spread does not apply
+            values = {"spread": spread_score(samples.actions, self.bounds, self.spread_dims), **values}
         if self.embedding_stats is not None:
             values["ood"] = ood_score(samples.embedding, self.embedding_stats)
         signals = tuple(

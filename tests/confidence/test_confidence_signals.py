@@ -83,3 +83,13 @@ def test_monitor_fails_closed_and_says_why():
     verdict = monitor.evaluate(far, far.actions[0], ChunkContext())
     assert not verdict.passed and "ood" in verdict.reason
     assert {s.name for s in verdict.signals} == {"spread", "consistency", "ood", "limits", "jerk"}
+
+
+def test_one_sample_has_no_spread_signal():
+    """single_pass policies (ACT) give K = 1: spread does not apply and cannot refuse; the others still do."""
+    monitor = ConfidenceMonitor(BOUNDS, None, {"spread": 0.0, "limits": 0.0, "jerk": 1.05, "consistency": 0.5})
+    one = _samples(_line(0.2, 0.02)[None])
+    verdict = monitor.evaluate(one, one.actions[0], ChunkContext())
+    assert verdict.passed and {s.name for s in verdict.signals} == {"consistency", "limits", "jerk"}
+    jumpy = _samples(_line(0.2, 0.5)[None])
+    assert not monitor.evaluate(jumpy, jumpy.actions[0], ChunkContext()).passed

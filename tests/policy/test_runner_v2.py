@@ -246,3 +246,25 @@ def test_resize_none_refuses_other_sizes(tmp_path: Path) -> None:
     assert prepare_view(_frame(4, 4), view).shape == (4, 4, 3)
     with pytest.raises(Exception, match=r"frames must be 4×4 \(the bundle does not resize\), got 5×4"):
         prepare_view(_frame(4, 5), view)
+
+
+def test_encoder_in_pieces_with_external_data(tmp_path: Path) -> None:
+    """π0's layout: encode graphs chained in declaration order, weights in an external-data file read from the
+    verified bytes; the result equals the one-piece encoder's."""
+    whole = PolicyRunner(load_bundle(tiny.build_single_pass_bundle(tmp_path / "whole")), "fp32", intra_op_threads=1)
+    pieces_dir = tiny.build_chained_external_bundle(tmp_path / "pieces")
+    assert (pieces_dir / "fp32" / "layers.onnx.data").stat().st_size == 4 * tiny.ACT_TOKENS * tiny.ACT_D
+    pieces = PolicyRunner(load_bundle(pieces_dir), "fp32", intra_op_threads=1)
+    frame, state = _frame(9, 9, 3), np.array([0.5, -0.5], np.float32)
+    for runner in (whole, pieces):
+        runner.set_instruction("go")
+    a = whole.sample(whole.encode(frame, state), 1).actions
+    b = pieces.sample(pieces.encode(frame, state), 1).actions
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    # the external data is verified like every file: a changed byte is refused by name
+    data = pieces_dir / "fp32" / "layers.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[0] ^= 1
+    data.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="layers.onnx.data"):
+        PolicyRunner(load_bundle(pieces_dir, verify="structure"), "fp32", intra_op_threads=1)

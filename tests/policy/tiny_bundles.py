@@ -360,3 +360,60 @@ def build_single_pass_bundle(directory: Path) -> Path:
     assemble_bundle(directory, manifest, {"fp32/encoder.onnx": encoder, "fp32/decoder.onnx": decoder,
                                           "fp32/success.onnx": detector})
     return directory
+
+
+def build_chained_external_bundle(directory: Path) -> Path:
+    """π0-like piece-by-piece layout on the single-pass bundle: the encoder split into two encode graphs run in
+    order (the second reads the first's output), the second with its weights in an external-data file."""
+    import tempfile
+
+    from onnx import external_data_helper
+
+    first = _model(
+        [helper.make_node("ReduceMean", ["image"], ["im"], keepdims=0),
+         helper.make_node("ReduceSum", ["state"], ["ss"], keepdims=0),
+         helper.make_node("Add", ["im", "ss"], ["c"]),
+         helper.make_node("Reshape", ["c", "shape1"], ["hidden"])],
+        [_vi("image", TensorProto.FLOAT, [1, 3, 6, 6]), _vi("state", TensorProto.FLOAT, [1, 2])],
+        [_vi("hidden", TensorProto.FLOAT, [1])],
+        [_c("shape1", np.array([1], np.int64))],
+    )
+    weights = np.full((ACT_TOKENS, 1, ACT_D), 1.0 / (ACT_TOKENS * ACT_D), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["hidden", "ones"], ["memory"])], "g",
+        [_vi("hidden", TensorProto.FLOAT, [1])], [_vi("memory", TensorProto.FLOAT, [ACT_TOKENS, 1, ACT_D])],
+        initializer=[_c("ones", weights)],
+    )
+    second = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    second.ir_version = 8
+    with tempfile.TemporaryDirectory() as tmp:
+        external_data_helper.convert_model_to_external_data(second, location="layers.onnx.data", size_threshold=0)
+        onnx.save_model(second, f"{tmp}/layers.onnx")
+        second_bytes = Path(f"{tmp}/layers.onnx").read_bytes()
+        data_bytes = Path(f"{tmp}/layers.onnx.data").read_bytes()
+    build_single_pass_bundle(directory)
+    import json
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    graphs = manifest["graphs"]
+    encoder = graphs.pop("encoder")
+    decoder, success = graphs.pop("decoder"), graphs.pop("success")
+    graphs["vision"] = {"role": "encode", "inputs": encoder["inputs"],
+                        "outputs": [{"name": "hidden", "dtype": "float32", "shape": [1]}]}
+    graphs["layers"] = {"role": "encode", "inputs": [{"name": "hidden", "dtype": "float32", "shape": [1],
+                                                      "source": "vision.hidden"}],
+                        "outputs": encoder["outputs"]}
+    for g in (decoder, success):
+        g["inputs"][0]["source"] = "layers.memory"
+    graphs["decoder"], graphs["success"] = decoder, success
+    manifest["variants"]["fp32"]["graphs"] = {
+        "vision": {"file": "fp32/vision.onnx"},
+        "layers": {"file": "fp32/layers.onnx", "external_data": ["layers.onnx.data"]},
+        "decoder": {"file": "fp32/decoder.onnx"}, "success": {"file": "fp32/success.onnx"}}
+    files = {rel: (directory / rel).read_bytes() for rel in ("fp32/decoder.onnx", "fp32/success.onnx")}
+    files.update({"fp32/vision.onnx": first, "fp32/layers.onnx": second_bytes, "fp32/layers.onnx.data": data_bytes})
+    for rel in list(manifest["files"]):
+        (directory / rel).unlink()
+    del manifest["files"]
+    assemble_bundle(directory, manifest, files)
+    return directory
