@@ -10,8 +10,9 @@ Each control tick (fixed rate, on the executor's `Clock`) it
 5. half a tick later, takes the frame that shows the action executed and lets the scheduler request the next
    chunk from it (``scheduler.plan_ahead``), so that chunk's first action is the one that runs next.
 
-A step ends when an action that says ``done`` was *actuated* (the controller's state report acknowledges it; sent
-is not enough); when a chunk fails its confidence verdict and the re-samples allowed by ``recovery`` did not
+A step ends by the bundle's ``step_end`` rule (`vla_edge.step_end`): an action whose ``done`` dimension (named in
+the manifest) is set was *actuated* (the controller's state report acknowledges it; sent is not enough), or the
+step ran its ``max_chunks`` / ``max_seconds``, or the success detector fired; when a chunk fails its confidence verdict and the re-samples allowed by ``recovery`` did not
 replace it (the arm holds and the task runner escalates); when the step runs past ``task.step_timeout_s``
 (stalled); or when asked to stop.
 
