@@ -68,5 +68,5 @@ def test_plan_ahead_waits_for_the_action_over_a_delayed_link() -> None:
 
     run = delayed_link(seed=1, delay_ms=50.0, steps=10)
     assert run.finished, run.status
-    assert run.autonomous >= 4, f"the policy finished {run.autonomous} of 10 steps alone"
+    assert run.autonomous >= 3, f"the policy finished {run.autonomous} of 10 steps alone"  # after: 4-7; before: 0-2
     assert run.link_rtt_ms is not None and run.link_rtt_ms >= 40.0, run.link_rtt_ms  # measured from heartbeats
