@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 
@@ -59,7 +60,8 @@ def test_missing_keys_is_a_clear_error(tmp_path, curve_settings):
 
 
 @pytest.mark.slow
-def test_unknown_key_and_null_clients_are_refused(tmp_path, curve_settings, limits, start_position, wait):
+def test_unknown_key_and_null_clients_are_refused(tmp_path, curve_settings, limits, start_position, wait, caplog):
+    caplog.set_level(logging.WARNING, logger="vla_edge.stream")
     keys = generate_keys(tmp_path / "keys").server_public.parent
     settings = curve_settings(keys)
     # A rogue controller: knows the daemon's public key but has its own, unauthorised keypair.
@@ -85,6 +87,10 @@ def test_unknown_key_and_null_clients_are_refused(tmp_path, curve_settings, limi
             assert daemon.counters().get("controller_hello", 0) == 0
             assert got_through == []
             counters = daemon.counters()
+            # An operator looking at the daemon's log sees why the controller cannot connect.
+            refusals = [r.getMessage() for r in caplog.records if "refused a controller connection" in r.getMessage()]
+            assert any("refused_auth" in m or "refused_handshake" in m for m in refusals), refusals
+            assert all("keys authorize" in m for m in refusals)
         finally:
             for client in intruders:
                 client.close()
