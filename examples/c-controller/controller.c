@@ -1,9 +1,10 @@
 /* A minimal motor controller for the vla-edge action stream, written from docs/wire.md (wire v1/v2).
  *
- *   controller CMD_ENDPOINT STATE_ENDPOINT SECONDS DIM LOW HIGH MAX_DELTA INITIAL
+ *   controller CMD_ENDPOINT STATE_ENDPOINT SECONDS DIM LOW HIGH MAX_DELTA INITIAL [KEYS_DIR]
  *
- * Plain TCP (loopback; for another machine add CURVE: zmq_setsockopt ZMQ_CURVE_SERVERKEY/PUBLICKEY/SECRETKEY on
- * both sockets, docs/wire.md section 2). The "motors" are perfect: actual = the last actuated command. Every
+ * Without KEYS_DIR: plain TCP (the daemon allows that on loopback only). With KEYS_DIR: CURVE (docs/wire.md
+ * section 2) with this controller's keypair from KEYS_DIR/client.key_secret and the daemon's public key from
+ * KEYS_DIR/server.key, the ZeroMQ certificate files `vla-edge keys generate` writes. The "motors" are perfect: actual = the last actuated command. Every
  * rule of docs/wire.md section 6 is here: one pending command, newest sequence number wins, the deadline mapped
  * with the clock offset on the safe side of its uncertainty (section 5), never early, the controller's own
  * limits, hold on stale, a state report every tick (version 2: applied, seq_rejected). Prints its counters as
@@ -305,11 +306,41 @@ static void tick(ctl_t *c, int64_t now) {
     c->hold_reason[0] = 0;
 }
 
+/* ---- CURVE keys: the Z85 value of a `public-key = "..."` / `secret-key = "..."` line of a certificate file ---- */
+static int read_key(const char *dir, const char *file, const char *field, char out[41]) {
+    char path[4096], line[512], pattern[32];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FILE *f = fopen(path, "r");
+    if (!f) { fprintf(stderr, "error: cannot read %s\n", path); return 0; }
+    snprintf(pattern, sizeof pattern, "%s = \"%%40[^\"]\"", field);
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        char *p = line;
+        while (*p == ' ' || *p == '\t') p++;
+        found = sscanf(p, pattern, out) == 1 && strlen(out) == 40;
+    }
+    fclose(f);
+    if (!found) fprintf(stderr, "error: %s has no %s (a ZeroMQ certificate file is expected)\n", path, field);
+    return found;
+}
+
+static int use_curve(void *sock, const char *server_public, const char *public_key, const char *secret_key) {
+    return zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server_public, 40) == 0 &&
+           zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, public_key, 40) == 0 &&
+           zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, secret_key, 40) == 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 9) {
-        fprintf(stderr, "usage: %s CMD_ENDPOINT STATE_ENDPOINT SECONDS DIM LOW HIGH MAX_DELTA INITIAL\n", argv[0]);
+    if (argc != 9 && argc != 10) {
+        fprintf(stderr, "usage: %s CMD_ENDPOINT STATE_ENDPOINT SECONDS DIM LOW HIGH MAX_DELTA INITIAL [KEYS_DIR]\n",
+                argv[0]);
         return 2;
     }
+    char server_public[41] = {0}, public_key[41] = {0}, secret_key[41] = {0};
+    if (argc == 10 && !(read_key(argv[9], "server.key", "public-key", server_public) &&
+                        read_key(argv[9], "client.key_secret", "public-key", public_key) &&
+                        read_key(argv[9], "client.key_secret", "secret-key", secret_key)))
+        return 2;
     ctl_t c;
     memset(&c, 0, sizeof c);
     c.dim = atoi(argv[4]);
@@ -334,6 +365,11 @@ int main(int argc, char **argv) {
     c.dealer = zmq_socket(ctx, ZMQ_DEALER);
     zmq_setsockopt(c.dealer, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(c.dealer, ZMQ_IMMEDIATE, &one, sizeof one);
+    if (argc == 10 && !(use_curve(c.sub, server_public, public_key, secret_key) &&
+                        use_curve(c.dealer, server_public, public_key, secret_key))) {
+        fprintf(stderr, "error: this libzmq has no CURVE: %s\n", zmq_strerror(zmq_errno()));
+        return 2;
+    }
     if (zmq_connect(c.sub, argv[1]) != 0 || zmq_connect(c.dealer, argv[2]) != 0) {
         fprintf(stderr, "error: cannot connect: %s\n", zmq_strerror(zmq_errno()));
         return 2;

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vla_edge.keys import generate_keys
 from vla_edge.stream import ActionStream
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "c-controller"
@@ -37,13 +38,19 @@ def _build(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_c_controller_from_the_docs_runs_against_the_daemon(tmp_path, demo_settings, wait):
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_c_controller_from_the_docs_runs_against_the_daemon(tmp_path, demo_settings, wait, curve):
     binary = _build(tmp_path)
-    with ActionStream(demo_settings, action_dim=4) as daemon:
-        proc = subprocess.Popen([str(binary), demo_settings.command_endpoint, demo_settings.state_endpoint, "8", "4",
-                                 "0", "1", "0.1", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    settings, key_args = demo_settings, []
+    if curve:  # the keys `vla-edge keys generate` writes; the C program reads the certificate files itself
+        keys = generate_keys(tmp_path / "keys").server_public.parent
+        settings, key_args = demo_settings.model_copy(update={"curve": True, "keys_dir": keys}), [str(keys)]
+    with ActionStream(settings, action_dim=4) as daemon:
+        proc = subprocess.Popen([str(binary), settings.command_endpoint, settings.state_endpoint, "8", "4",
+                                 "0", "1", "0.1", "0.5", *key_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
         try:
-            assert daemon.wait_for_controller(10.0), "the C controller never completed the handshake"
+            assert daemon.wait_for_controller(10.0), f"the C controller never completed the handshake: {daemon.counters()}"
             values = np.full(4, 0.5)  # the controller starts at 0.5: the first command must be within max_delta of it
             last_seq = -1
             for i in range(30):  # 0.02 per command, inside its max_delta of 0.1 (the docs' guidance)
