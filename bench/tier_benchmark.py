@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from bench.chain_benchmark import run_gated
 from hil.harness import free_port
@@ -48,7 +49,6 @@ from vla_edge.simulation import (
     run_autonomous,
     simulation_settings,
 )
-from vla_edge.telemetry import Metrics
 
 
 class TritonServe:
@@ -113,7 +113,7 @@ def run_config(name: str, remote: bool, operator: bool, args: argparse.Namespace
                monitor: ConfidenceMonitor, remote_url: str | None, limits, state_dir: Path) -> dict[str, Any]:
     """The configuration on the robot's own executor: the daemon's ``TieredPlanner`` as its router when remote;
     with an operator, the gated task runner of the chain benchmark; without, the executor in shadow mode."""
-    tier_metrics = CountingTierMetrics(Metrics())
+    tier_metrics = CountingTierMetrics(CollectorRegistry())
     planner = None
     if remote:
         client = RemotePolicyClient(remote_url, "vla_remote", args.deadline_ms, limits)  # type: ignore[arg-type]
@@ -143,8 +143,8 @@ def run_config(name: str, remote: bool, operator: bool, args: argparse.Namespace
 class CountingTierMetrics(TierMetrics):
     """The planner's metrics, also counting the remote tier's outcomes for the table."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__(metrics)
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
         self.remote_outcomes: Counter[str] = Counter()
 
     def record(self, tier: str, outcome: str, seconds: float | None) -> None:

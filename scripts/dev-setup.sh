@@ -20,12 +20,13 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 [ -e /usr/include/zmq.h ] || need+=(libzmq3-dev)
 [ -e /usr/include/msgpack.h ] || need+=(libmsgpack-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)  # tests/telemetry: a real Prometheus scrapes the demo
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   else
-    echo "warning: cannot install ${need[*]} (no apt-get); browser/systemd tests will be skipped" >&2
+    echo "warning: cannot install ${need[*]} (no apt-get); browser/systemd/Prometheus tests will be skipped" >&2
   fi
 fi
 

@@ -177,7 +177,12 @@ class TelemetrySettings(Section):
     metrics_port: int = Field(9780, ge=0, le=65535)
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    health_interval_s: float = Field(1.0, gt=0, description="How often CPU, memory, temperature and throttling are sampled.")
+    health_interval_s: float = Field(
+        1.0, gt=0, description="CPU, memory, temperature and throttling are read again at a scrape or status "
+        "request when the last reading is older than this.")
+    rerun: str | None = Field(
+        None, description="Log the run to Rerun: a viewer's address (host:port or rerun+http://…/proxy) or a path "
+        "ending in .rrd; off when unset (`vla-edge run --rerun`). Needs the rerun extra.")
 
 
 class RemoteSettings(Section):

@@ -22,7 +22,7 @@ import numpy as np
 from vla_edge.bundle import BundleManifest
 from vla_edge.confidence import ChunkContext, ConfidenceMonitor, EmbeddingStats, select_chunk
 from vla_edge.remote import OutputLimits, RemoteChunk, RemotePolicyClient, RemoteRequest
-from vla_edge.telemetry import Metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from vla_edge.types import ChunkSamples, Observation, Verdict
 
 log = logging.getLogger(__name__)
@@ -47,22 +47,23 @@ class RoutedChunk:
 class TierMetrics:
     """Per-tier calls, outcomes and latencies, registered on the daemon's metrics registry."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.calls = metrics.counter(
-            "vla_edge_tier_calls_total", "Chunks planned by each policy tier, by outcome.", ["tier", "outcome"])
-        self.latency = metrics.histogram(
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "vla_edge_tier_calls", "Chunks planned by each policy tier, by outcome.", ["tier", "outcome"],
+            registry=registry)
+        self.latency = Histogram(
             "vla_edge_tier_latency_seconds", "Latency of one call to a policy tier.", ["tier"],
-            buckets=TIER_LATENCY_BUCKETS_S)
-        self.decisions = metrics.counter(
-            "vla_edge_tier_decisions_total", "Which tier each chunk was settled by (operator = escalated).",
-            ["tier"])
-        self.remote_state = metrics.gauge(
-            "vla_edge_remote_tier_up", "Remote tier health: 1 ok, 0.5 degraded, 0 down.")
+            buckets=TIER_LATENCY_BUCKETS_S, registry=registry)
+        self.decisions = Counter(
+            "vla_edge_tier_decisions", "Which tier each chunk was settled by (operator = escalated).", ["tier"],
+            registry=registry)
+        self.remote_state = Gauge(
+            "vla_edge_remote_tier_up", "Remote tier health: 1 ok, 0.5 degraded, 0 down.", registry=registry)
 
     def record(self, tier: str, outcome: str, seconds: float | None) -> None:
-        self.calls.inc(tier=tier, outcome=outcome)
+        self.calls.labels(tier, outcome).inc()
         if seconds is not None:
-            self.latency.observe(seconds, tier=tier)
+            self.latency.labels(tier).observe(seconds)
 
 
 _STATE_VALUE = {"ok": 1.0, "degraded": 0.5, "down": 0.0}
@@ -132,7 +133,7 @@ class TieredPlanner:
 
     def _decided(self, routed: RoutedChunk) -> RoutedChunk:
         if self.metrics is not None:
-            self.metrics.decisions.inc(tier=routed.tier)
+            self.metrics.decisions.labels(routed.tier).inc()
         return routed
 
     def _publish_status(self) -> None:
@@ -158,7 +159,7 @@ def build_router(
     settings,
     manifest: BundleManifest,
     monitor: ConfidenceMonitor | None,
-    metrics: Metrics,
+    registry: CollectorRegistry,
     on_status: Callable[[str], None],
 ) -> TieredPlanner | None:
     """The daemon's planner from ``settings.remote``; None when the tier is off (or confidence checks are)."""
@@ -182,6 +183,6 @@ def build_router(
         log.warning("remote tier %s (model %r) not ready after %.1f s; running on the local tier",
                     remote.url, remote.model_name, waited)
         client.report_unready(waited)
-    planner = TieredPlanner(client, monitor, TierMetrics(metrics), on_status, seed=settings.policy.seed)
+    planner = TieredPlanner(client, monitor, TierMetrics(registry), on_status, seed=settings.policy.seed)
     log.info("remote tier: %s model %r, deadline %g ms", remote.url, remote.model_name, remote.deadline_ms)
     return planner

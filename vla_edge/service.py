@@ -25,16 +25,18 @@ from vla_edge.config import Settings
 from vla_edge.errors import BundleError, VlaEdgeError
 from vla_edge.executor import ExecutorSettings, PolicyStepExecutor, TickObserver
 from vla_edge.operator.console import ConsoleModel, OperatorConsole
+from vla_edge.operator.observer import ConsoleObserver
 from vla_edge.operator.escalation import EscalationQueue, TeleopChannel
 from vla_edge.policy import PolicyRunner, manifest_v2
+from vla_edge.plan_view import ImagePlane
 from vla_edge.routing import build_router
-from vla_edge.scheduler import PlannedChunk, TickDecision
 from vla_edge.sdnotify import Notifier, WatchdogGate, watchdog_interval_s
 from vla_edge.signing import check_loaded_signature
 from vla_edge.step_end import ActionLayout
 from vla_edge.stream import ActionStream
 from vla_edge.task import StepReport, TaskEvent, TaskResult, TaskRunner, TaskSpec
-from vla_edge.telemetry import DaemonMetrics, HealthSampler, MetricsServer, build_status
+from vla_edge.telemetry import DaemonMetrics, HealthSampler, MetricsServer
+from vla_edge.telemetry.observer import MetricsObserver
 from vla_edge.types import Frame
 
 log = logging.getLogger(__name__)
@@ -127,25 +129,6 @@ def _binding(what: str, host: str, port: int, setting: str) -> Iterator[None]:
                            f"change {setting} (0 picks a free port)") from None
 
 
-class _TelemetryObserver(TickObserver):
-    def __init__(self, metrics: DaemonMetrics, console: ConsoleModel | None) -> None:
-        self.metrics = metrics
-        self.console = console
-
-    def on_tick(self, decision: TickDecision, lateness_ns: int, sent, frame, state, instruction, intervention):
-        outcome = "teleop" if intervention else ("action" if sent is not None else f"hold_{decision.hold_reason}")
-        self.metrics.record_tick(outcome, lateness_ns / 1e9)
-
-    def on_chunk(self, planned: PlannedChunk) -> None:
-        self.metrics.record_chunk()
-        self.metrics.record_timings_ms(planned.samples.timings_ms)
-        self.metrics.record_stage("plan", planned.latency_ms / 1e3)
-        verdict = planned.verdict
-        self.metrics.record_confidence([(s.name, s.value, s.threshold) for s in verdict.signals], verdict.passed)
-        if self.console is not None:
-            self.console.add_verdict(verdict)
-
-
 class _RecorderObserver(TickObserver):
     """One dataset episode per step attempt; each frame says whether a human was driving."""
 
@@ -188,6 +171,7 @@ class Daemon:
         self.stream: ActionStream | None = None
         self.console: OperatorConsole | None = None
         self.metrics_server: MetricsServer | None = None
+        self.rerun = None  # a vla_edge.rerun_log.RerunLogger when telemetry.rerun is set
         self._watchdog: WatchdogGate | None = None
         self._remote_status = "enabled" if settings.remote.enabled else "not configured"
 
@@ -206,7 +190,7 @@ class Daemon:
         manifest = self.policy.manifest  # schema 2 (a schema-1 bundle upgraded in memory)
         if manifest.policy.random_weights:
             log.warning("bundle %s has RANDOM WEIGHTS (a real architecture, not a trained policy)", manifest.name)
-        router = build_router(s, manifest, monitor, self.metrics.metrics, self._on_remote_status)
+        router = build_router(s, manifest, monitor, self.metrics.registry, self._on_remote_status)
         if router is not None:
             self._stack.callback(router.close)
 
@@ -223,8 +207,7 @@ class Daemon:
             self.metrics_server = MetricsServer(self.metrics, s.telemetry.metrics_host, s.telemetry.metrics_port,
                                                 status_provider=self._status).start()
         self._stack.callback(self.metrics_server.stop)
-        health = HealthSampler(self.metrics, s.telemetry.health_interval_s).start()
-        self._stack.callback(health.stop)
+        self.metrics.attach_health(HealthSampler(s.telemetry.health_interval_s))
 
         if s.operator.enabled:
             self.console_model.set_frame_provider(lambda: self.executor.latest_frame() if self.executor else None)
@@ -233,7 +216,10 @@ class Daemon:
             self.console.start()
             self._stack.callback(self.console.stop)
 
-        observers: list[TickObserver] = [_TelemetryObserver(self.metrics, self.console_model)]
+        space = manifest.action_space
+        self.image_plane = ImagePlane.of(space.names, space.low, space.high)
+        observers: list[TickObserver] = [MetricsObserver(self.metrics), ConsoleObserver(self.console_model,
+                                                                                         self.image_plane)]
         if s.recorder.enabled:
             from vla_edge.recorder import EpisodeRecorder, RecordingFeatures
 
@@ -245,6 +231,16 @@ class Daemon:
             recorder = EpisodeRecorder(s.recorder.dataset_dir, s.recorder.fps, features, codec=s.recorder.video_codec)
             self._stack.callback(recorder.discard_episode)
             observers.append(_RecorderObserver(recorder, (features.image_width, features.image_height)))
+
+        if s.telemetry.rerun:
+            from vla_edge.rerun_log import RerunLogger
+
+            self.rerun = RerunLogger.open_target(
+                s.telemetry.rerun, plane=self.image_plane, action_names=manifest.action_space.names,
+                controller=self.stream.latest_state)
+            self._stack.callback(self.rerun.close)
+            observers.append(self.rerun)
+            log.info("logging the run to Rerun: %s", s.telemetry.rerun)
 
         interval = watchdog_interval_s()
         if interval is not None:
@@ -312,6 +308,8 @@ class Daemon:
             self.console_model.on_task_event(event)
             if event.kind == "escalated":
                 self.metrics.record_escalation(str(event.detail.get("escalation_kind", "unknown")))
+            if self.rerun is not None:
+                self.rerun.on_task_event(event)
             if events is not None:
                 events(event)
 

@@ -113,7 +113,7 @@ def test_status_prints_one_screen_summary_from_a_live_server():
     dm.record_timings_ms({"encode": 3.0, "denoise": 11.0})
     dm.record_chunk()
     dm.record_escalation("ood")
-    HealthSampler(dm, use_vcgencmd=False).sample()
+    dm.attach_health(HealthSampler(use_vcgencmd=False))
     with MetricsServer(dm, port=0, status_provider=lambda: {"task": "tabletop-10", "step": "4/10"}) as server:
         proc = subprocess.run([sys.executable, "-m", "vla_edge.cli", "status", "--url", server.url],
                               capture_output=True, text=True, timeout=60, env={"COLUMNS": "100", "PATH": ""})

@@ -17,7 +17,7 @@ from vla_edge.remote import RemotePolicyClient
 from vla_edge.routing import TieredPlanner, TierMetrics, output_limits
 from vla_edge.service import build_monitor
 from vla_edge.config import Settings
-from vla_edge.telemetry import Metrics
+from prometheus_client import CollectorRegistry, generate_latest
 from vla_edge.types import Observation, Verdict
 
 INSTRUCTION = "put the red block in the left bin"
@@ -55,12 +55,18 @@ def _route(planner, local, observation, local_passes: bool):
     return samples, planner.route(obs, None, 4, samples, chunk, verdict, ChunkContext(), 0.01)
 
 
-def _calls(metrics: Metrics) -> dict[str, float]:
-    return metrics.snapshot()["vla_edge_tier_calls"]
+def _values(registry: CollectorRegistry, name: str, *labels: str) -> dict[str, float]:
+    """``{"label,label": value}`` of one sample name, read back through prometheus_client's collect()."""
+    return {",".join(s.labels[k] for k in labels): s.value
+            for family in registry.collect() for s in family.samples if s.name == name}
+
+
+def _calls(metrics: CollectorRegistry) -> dict[str, float]:
+    return _values(metrics, "vla_edge_tier_calls_total", "tier", "outcome")
 
 
 def test_a_passing_local_verdict_never_calls_the_remote_tier(bundle, local, observation, console):
-    metrics = Metrics()
+    metrics = CollectorRegistry()
     # A dead address: any call would fail and show in the metrics and the console.
     planner = _planner(bundle, f"127.0.0.1:{free_port()}", "vla_remote", LENIENT, console, metrics)
     samples, routed = _route(planner, local, observation, local_passes=True)
@@ -71,7 +77,7 @@ def test_a_passing_local_verdict_never_calls_the_remote_tier(bundle, local, obse
 
 def test_a_failed_local_verdict_goes_to_the_remote_tier_and_its_chunk_is_used(
         triton_server, bundle, local, observation, console):
-    metrics = Metrics()
+    metrics = CollectorRegistry()
     planner = _planner(bundle, triton_server.url, "vla_remote", LENIENT, console, metrics)
     samples, routed = _route(planner, local, observation, local_passes=False)
     assert routed.tier == "remote" and routed.remote_outcome == "pass"
@@ -80,19 +86,18 @@ def test_a_failed_local_verdict_goes_to_the_remote_tier_and_its_chunk_is_used(
     np.testing.assert_array_equal(routed.chunk, select_chunk(routed.samples.actions))
     assert "remote" in routed.samples.timings_ms
     assert _calls(metrics) == {"local,fail": 1.0, "remote,pass": 1.0}
-    latency = metrics.snapshot()["vla_edge_tier_latency_seconds"]
-    assert latency["remote"]["count"] == 1 and latency["local"]["count"] == 1
+    assert _values(metrics, "vla_edge_tier_latency_seconds_count", "tier") == {"remote": 1.0, "local": 1.0}
     assert console.state().remote == "ok"
 
 
 def test_a_chunk_both_tiers_doubt_escalates_with_both_reasons(triton_server, bundle, local, observation, console):
-    metrics = Metrics()
+    metrics = CollectorRegistry()
     planner = _planner(bundle, triton_server.url, "vla_remote", STRICT, console, metrics)
     _, routed = _route(planner, local, observation, local_passes=False)
     assert routed.tier == "operator" and routed.remote_outcome == "fail"
     assert not routed.verdict.passed
     assert "forced by the test" in routed.verdict.reason and "remote low confidence: spread" in routed.verdict.reason
-    assert metrics.snapshot()["vla_edge_tier_decisions"] == {"operator": 1.0}
+    assert _values(metrics, "vla_edge_tier_decisions_total", "tier") == {"operator": 1.0}
 
 
 @pytest.mark.parametrize(("model", "kind"), [
@@ -100,7 +105,7 @@ def test_a_chunk_both_tiers_doubt_escalates_with_both_reasons(triton_server, bun
 ])
 def test_remote_faults_keep_the_local_result_and_show_the_tier_degraded(
         triton_server, bundle, local, observation, console, model, kind):
-    metrics = Metrics()
+    metrics = CollectorRegistry()
     url = f"127.0.0.1:{free_port()}" if model == "down" else triton_server.url
     planner = _planner(bundle, url, "vla_remote" if model == "down" else model, LENIENT, console, metrics,
                        deadline_ms=250.0)
@@ -111,7 +116,7 @@ def test_remote_faults_keep_the_local_result_and_show_the_tier_degraded(
     assert f"remote tier {kind}" in routed.verdict.reason
     assert console.state().remote.startswith("degraded")
     assert _calls(metrics) == {"local,fail": 1.0, f"remote,{kind}": 1.0}
-    assert metrics.snapshot()["vla_edge_remote_tier_up"][""] == 0.5
+    assert metrics.get_sample_value("vla_edge_remote_tier_up") == 0.5
     # And the next routine chunk runs locally as before, without touching the remote tier.
     _, again = _route(planner, local, observation, local_passes=True)
     assert again.tier == "local"
@@ -119,7 +124,7 @@ def test_remote_faults_keep_the_local_result_and_show_the_tier_degraded(
 
 
 def test_a_down_tier_is_skipped_during_backoff_and_the_console_says_so(bundle, local, observation, console):
-    metrics = Metrics()
+    metrics = CollectorRegistry()
     client = RemotePolicyClient(f"127.0.0.1:{free_port()}", "vla_remote", 250.0, output_limits(bundle.manifest),
                                 down_after=1, backoff_initial_s=30.0)
     planner = TieredPlanner(client, _monitor(bundle, LENIENT), TierMetrics(metrics), console.set_remote_status)
@@ -127,5 +132,5 @@ def test_a_down_tier_is_skipped_during_backoff_and_the_console_says_so(bundle, l
     _, routed = _route(planner, local, observation, local_passes=False)
     assert routed.remote_outcome == "backoff"
     assert console.state().remote.startswith("degraded (down)") and "next try in" in console.state().remote
-    assert metrics.snapshot()["vla_edge_remote_tier_up"][""] == 0.0
-    assert "vla_edge_tier_calls_total" in metrics.render_prometheus()
+    assert metrics.get_sample_value("vla_edge_remote_tier_up") == 0.0
+    assert "vla_edge_tier_calls_total" in generate_latest(metrics).decode()

@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vla_edge.commands.run import install_stop_handlers
+from vla_edge.commands.run import add_rerun_argument, install_stop_handlers
 from vla_edge.config import load_settings
 from vla_edge.errors import VlaEdgeError
 from vla_edge.task import TaskEvent, TaskSpec
@@ -45,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8780, help="operator console port on 127.0.0.1")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="where the run's state and dataset go")
     parser.add_argument("--config", type=Path, default=None, help="optional TOML config for the daemon")
+    add_rerun_argument(parser)
     parser.set_defaults(func=demo)
 
 
@@ -74,7 +75,7 @@ def demo(args: argparse.Namespace) -> int:
         "task": {"state_dir": str(run_dir / "state"), "verify_at_checkpoint": not args.no_verify},
         "recorder": {"enabled": recording, "dataset_dir": str(run_dir / "dataset")},
         "operator": {"port": port},
-        "telemetry": {"metrics_port": 0},
+        "telemetry": {"metrics_port": 0, **({"rerun": args.rerun} if args.rerun else {})},
     }
     if args.precision:
         overrides["policy"] = {"precision": args.precision}
@@ -101,6 +102,8 @@ def demo(args: argparse.Namespace) -> int:
         if daemon.console is not None:
             console.print(f"operator console: [link]{daemon.console.url}[/]   metrics: "
                           f"{daemon.metrics_server.url}/metrics")
+        if daemon.rerun is not None:
+            console.print(f"Rerun: {settings.telemetry.rerun}")
         if not recording:
             console.print("[yellow]recording off: install the 'record' extra (pyarrow, av) to record[/]")
         judge = StepJudge(sim)

@@ -30,7 +30,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "task.inbox_dir until stopped")
     parser.add_argument("--controller-timeout", type=float, default=30.0,
                         help="seconds to wait for the motor controller's handshake before giving up")
+    add_rerun_argument(parser)
     parser.set_defaults(func=run)
+
+
+def add_rerun_argument(parser: argparse.ArgumentParser) -> None:
+    from vla_edge.rerun_log import DEFAULT_VIEWER
+
+    parser.add_argument(
+        "--rerun", nargs="?", const=DEFAULT_VIEWER, default=None, metavar="ADDR|FILE.rrd",
+        help="log frames, plans, confidence, actions and operator decisions to Rerun: a running viewer "
+        f"(default {DEFAULT_VIEWER}) or an .rrd file (needs the rerun extra; off by default)")
+
+
+def rerun_overrides(args: argparse.Namespace) -> dict:
+    return {"telemetry": {"rerun": args.rerun}} if getattr(args, "rerun", None) else {}
 
 
 def install_stop_handlers(stop: threading.Event) -> None:
@@ -45,7 +59,7 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, **rerun_overrides(args))
     configure_logging(settings.telemetry)
     spec = load_task(args.task) if args.task is not None else None
     stop = threading.Event()

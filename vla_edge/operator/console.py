@@ -36,6 +36,7 @@ from vla_edge.operator.escalation import (
     Decision,
     EscalationClosed,
     EscalationError,
+    Escalation,
     EscalationQueue,
     HistoryEntry,
     TeleopChannel,
@@ -108,6 +109,22 @@ class ConfidencePoint(View):
     passed: bool
 
 
+class PlanView(View):
+    """One planned chunk in image coordinates (fractions of width and height, x right, y down).
+
+    ``samples`` are the K sampled trajectories, ``chosen`` the one the scheduler executes (or would, once
+    approved), ``passed`` the verdict. Only sent when the action space maps onto the image (`vla_edge.plan_view`).
+    """
+
+    t_s: float
+    start_tick: int
+    samples: list[list[tuple[float, float]]]
+    chosen: list[tuple[float, float]]
+    chosen_index: int | None
+    passed: bool
+    reason: str
+
+
 class EventView(View):
     t_s: float
     kind: str
@@ -124,10 +141,19 @@ class ConsoleState(View):
     confidence: list[ConfidencePoint]
     camera: str
     remote: str
+    plan: PlanView | None = None
     open_escalations: int
     escalation_revision: int
     teleop_step: int | None
     events: list[EventView]
+
+
+class EscalationsView(View):
+    """The open escalations, with the plan each one was raised on (low-confidence ones) by escalation id."""
+
+    v: Literal[1] = 1
+    escalations: list[Escalation]
+    plans: dict[str, PlanView]
 
 
 class HistoryView(View):
@@ -165,6 +191,8 @@ class ConsoleModel:
         self._events: deque[EventView] = deque(maxlen=event_window)
         self._camera = "unknown"
         self._remote = "not configured"
+        self._plan: PlanView | None = None
+        self._escalation_plans: dict[str, PlanView] = {}
 
     # -- updates from the service ------------------------------------------------------------------------------
 
@@ -201,6 +229,11 @@ class ConsoleModel:
         with self._lock:
             self._confidence.append(point)
 
+    def set_plan(self, plan: PlanView | None) -> None:
+        """The newest planned chunk (accepted or refused), drawn over the live camera view."""
+        with self._lock:
+            self._plan = plan
+
     def on_task_event(self, event: TaskEvent) -> None:
         """The ``events`` sink of ``TaskRunner``: keeps the step chain and the event log current."""
         with self._lock:
@@ -217,6 +250,11 @@ class ConsoleModel:
                 self._status = "running"
             elif event.kind == "escalated":
                 self._status = "holding"
+                escalation_id = event.detail.get("escalation_id")
+                if (event.detail.get("escalation_kind") == "low_confidence" and self._plan is not None
+                        and not self._plan.passed and escalation_id):
+                    # The refused chunk: what the robot wanted to do when it stopped to ask.
+                    self._escalation_plans[str(escalation_id)] = self._plan
                 if known:
                     self._step_status[step] = "holding"
             elif event.kind == "decision":
@@ -251,6 +289,7 @@ class ConsoleModel:
                 current_step=self._current,
                 steps=steps,
                 confidence=list(self._confidence),
+                plan=self._plan,
                 camera=self._camera,
                 remote=self._remote,
                 open_escalations=len(self.escalations.open()),
@@ -258,6 +297,15 @@ class ConsoleModel:
                 teleop_step=self.teleop.active_step,
                 events=list(self._events)[-20:],
             )
+
+    def open_escalations(self) -> EscalationsView:
+        open_now = self.escalations.open()
+        with self._lock:
+            ids = {e.id for e in open_now}
+            for stale in [k for k in self._escalation_plans if k not in ids]:
+                del self._escalation_plans[stale]
+            plans = {k: v for k, v in self._escalation_plans.items()}
+        return EscalationsView(escalations=open_now, plans=plans)
 
     def history(self) -> HistoryView:
         with self._lock:
@@ -418,7 +466,7 @@ class OperatorConsole:
             if path == "/api/state":
                 return _json(HTTPStatus.OK, self.model.state())
             if path == "/api/escalations":
-                return _json(HTTPStatus.OK, {"v": 1, "escalations": self.model.escalations.open()})
+                return _json(HTTPStatus.OK, self.model.open_escalations())
             if path == "/api/history":
                 return _json(HTTPStatus.OK, self.model.history())
             if path == "/api/frame.jpg":

@@ -1,0 +1,77 @@
+"""A real Prometheus (Debian's package) scrapes the daemon during a demo run; what its HTTP API answers matches
+what the daemon did, as the daemon's own counters (the scheduler's, the task runner's) tell it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from vla_edge.telemetry.metrics import LATENCY_BUCKETS_S
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def run(demo_run):
+    if demo_run.prometheus is None:
+        pytest.skip("needs Debian's prometheus package (scripts/dev-setup.sh installs it)")
+    return demo_run
+
+
+def prometheus_quantile(q: float, values_s: list[float]) -> float:
+    """What ``histogram_quantile`` gives for these values in the daemon's buckets (Prometheus's interpolation)."""
+    bounds = [*LATENCY_BUCKETS_S, math.inf]
+    cumulative = [sum(1 for v in values_s if v <= b) for b in bounds]
+    rank = q * len(values_s)
+    b = next(i for i, c in enumerate(cumulative) if c >= rank)
+    if math.isinf(bounds[b]):
+        return bounds[-2]
+    lower, below = (0.0, 0) if b == 0 else (bounds[b - 1], cumulative[b - 1])
+    return lower + (bounds[b] - lower) * (rank - below) / (cumulative[b] - below)
+
+
+def test_chunk_latency_quantiles_match_the_daemons_own_latencies(run):
+    latencies_s = [ms / 1000.0 for ms in run.counters.latencies_ms]
+    assert len(latencies_s) >= 5, "too few chunks to speak of quantiles"
+    count = run.prometheus.scalar('vla_edge_stage_latency_seconds_count{job="vla-edge",stage="plan"}')
+    assert count == len(latencies_s)
+    for q in (0.5, 0.9, 0.99):
+        got = run.prometheus.scalar(
+            f'histogram_quantile({q}, sum by (le) (vla_edge_stage_latency_seconds_bucket{{job="vla-edge",stage="plan"}}))')
+        assert got == pytest.approx(prometheus_quantile(q, latencies_s), rel=1e-6), q
+    total = run.prometheus.scalar('vla_edge_stage_latency_seconds_sum{job="vla-edge",stage="plan"}')
+    assert total == pytest.approx(sum(latencies_s), rel=1e-6)
+    print(f"\nchunk latency p50 {np.median(run.counters.latencies_ms):.1f} ms over {len(latencies_s)} chunks")
+
+
+def test_hold_ticks_by_reason_and_actions_match_the_scheduler(run):
+    ticks = run.prometheus.by_label('vla_edge_ticks_total{job="vla-edge"}', "outcome")
+    assert ticks.get("action") == run.counters.actions_sent
+    scheduler_holds = {k: v for k, v in ticks.items() if k.startswith("hold_") and not k.startswith("hold_camera")}
+    assert sum(scheduler_holds.values()) == run.counters.holds
+    assert scheduler_holds.get("hold_low_confidence", 0) >= run.counters.chunks_rejected
+    # Every outcome Prometheus has is the one the daemon's registry has.
+    assert ticks == {k: v for k, v in run.metrics.by_label(run.metrics.ticks, "outcome").items()}
+
+
+def test_confidence_signals_and_verdicts_match(run):
+    scores = run.prometheus.by_label('vla_edge_confidence_score{job="vla-edge"}', "signal")
+    thresholds = run.prometheus.by_label('vla_edge_confidence_threshold{job="vla-edge"}', "signal")
+    assert set(scores) == set(thresholds) and set(scores) >= {"spread", "ood"}
+    assert scores == pytest.approx(run.metrics.by_label(run.metrics.confidence, "signal"))
+    for signal, value in thresholds.items():
+        assert value == pytest.approx(run.thresholds.get(signal, math.inf)), signal
+    verdicts = run.prometheus.by_label('vla_edge_verdicts_total{job="vla-edge"}', "result")
+    assert verdicts.get("pass", 0) == run.counters.chunks_accepted
+    assert verdicts.get("fail", 0) == run.counters.chunks_rejected
+    assert run.prometheus.scalar('vla_edge_chunks_total{job="vla-edge"}') == \
+        run.counters.chunks_accepted + run.counters.chunks_rejected
+
+
+def test_escalations_match_the_task_runner(run):
+    escalations = run.prometheus.by_label('vla_edge_escalations_total{job="vla-edge"}', "reason")
+    assert sum(escalations.values()) == run.result.counters.get("escalations", 0) >= 1
+    assert escalations.get("verify", 0) >= 1  # the checkpoint verification of this task
+    assert escalations.get("low_confidence", 0) == run.counters.chunks_rejected

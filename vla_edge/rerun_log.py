@@ -1,0 +1,244 @@
+"""The daemon's run in Rerun, on one timeline: what the camera showed, what the policy planned, what was sent and
+what the controller did, why a chunk was refused, and what the operator answered.
+
+`RerunLogger` is an executor observer (``on_tick``, ``on_chunk``, ``on_step_end``) and a task-event sink
+(``on_task_event``). Two timelines: ``tick`` (control ticks since the logger started, across steps) and ``time``
+(monotonic seconds since then). What it logs:
+
+=============================  =====================================================================================
+entity                         what
+=============================  =====================================================================================
+``camera``                     every distinct camera frame the control loop used (``Image``)
+``camera/plan/samples``        the K sampled trajectories of each chunk, in image pixels (``LineStrips2D``), where
+                               the action space maps onto the image (`vla_edge.plan_view`)
+``camera/plan/chosen``         the chunk that is executed: green when accepted, red when refused
+``robot/state``                the measured state the controller reported
+``robot/action_sent``          the action sent this tick (nothing on a hold)
+``robot/action_reported``      what the controller reports it actuated (``StateReport.actual``), and
+``robot/holding``              whether it holds (1) and ``robot/hold_reason`` (text, on change)
+``robot/intervention``         1 while a human drives (take-over)
+``confidence/<signal>``        each signal's value against its threshold (two series), per chunk
+``chunks/verdict``             one line per chunk: accepted, or refused and why
+``chunks/latency_ms``          planning latency per chunk
+``task/escalations``, ``task/decisions``, ``task/checkpoints``, ``task/steps``  the task runner's events
+=============================  =====================================================================================
+
+``rerun-sdk`` is an optional extra (``pip install 'vla-edge[rerun]'``); nothing here is imported unless
+``--rerun`` is given. Logging never raises into the control loop: a failure is logged once and the logger
+turns itself off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vla_edge.errors import VlaEdgeError
+from vla_edge.plan_view import ImagePlane
+
+if TYPE_CHECKING:  # kept out of the import so that the command line can name DEFAULT_VIEWER cheaply
+    from vla_edge.scheduler import PlannedChunk, TickDecision
+    from vla_edge.task import StepReport, TaskEvent
+    from vla_edge.types import Frame
+    from vla_edge.wire import StateReport
+
+log = logging.getLogger(__name__)
+
+APPLICATION_ID = "vla-edge"
+DEFAULT_VIEWER = "rerun+http://127.0.0.1:9876/proxy"
+ACCEPTED_RGB = (40, 200, 80)
+REFUSED_RGB = (230, 40, 40)
+SAMPLE_RGBA = (255, 255, 255, 110)
+
+ENTITY_FRAMES = "camera"
+ENTITY_VERDICT = "chunks/verdict"
+ENTITY_ESCALATIONS = "task/escalations"
+ENTITY_SENT = "robot/action_sent"
+
+
+class RerunUnavailable(VlaEdgeError):
+    """``--rerun`` was asked for, but the rerun-sdk extra is not installed."""
+
+
+def import_rerun() -> Any:
+    try:
+        import rerun as rr
+    except ImportError:
+        raise RerunUnavailable("--rerun needs the rerun-sdk package: pip install 'vla-edge[rerun]'") from None
+    return rr
+
+
+def is_rrd_target(target: str) -> bool:
+    return target.endswith(".rrd")
+
+
+class RerunLogger:
+    """Logs to one Rerun recording; build it with `to_file`, `to_viewer` or `open_target`.
+
+    Implements `vla_edge.executor.TickObserver` (all three methods) and the task runner's event sink.
+    """
+
+    def __init__(self, recording: Any, rr: Any, *, plane: ImagePlane | None = None,
+                 action_names: Sequence[str] = (), state_names: Sequence[str] = (),
+                 controller: Callable[[], StateReport | None] | None = None) -> None:
+        self.rr = rr
+        self.recording = recording
+        self.plane = plane
+        self.controller = controller
+        self._t0_ns = time.monotonic_ns()
+        self._tick = 0
+        self._last_frame_seq: int | None = None
+        self._last_hold_reason: str | None = None
+        self._image_size: tuple[int, int] | None = None  # (width, height) of the last frame
+        self._failed = False
+        self.frames_logged = 0
+        self.chunks_logged = 0
+        self.escalations_logged = 0
+        self.ticks_logged = 0
+        self._static_names(action_names, state_names)
+
+    # -- construction ---------------------------------------------------------------------------------------------
+    @classmethod
+    def open_target(cls, target: str, **kwargs: Any) -> RerunLogger:
+        """``target``: a path ending in ``.rrd`` (written as the run goes), or a viewer's gRPC address."""
+        if is_rrd_target(target):
+            return cls.to_file(Path(target), **kwargs)
+        return cls.to_viewer(target, **kwargs)
+
+    @classmethod
+    def to_file(cls, path: Path, **kwargs: Any) -> RerunLogger:
+        rr = import_rerun()
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise VlaEdgeError(f"cannot write the Rerun recording {path}: {path.parent} is not a directory")
+        recording = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid4().hex)
+        recording.save(str(path))
+        return cls(recording, rr, **kwargs)
+
+    @classmethod
+    def to_viewer(cls, address: str, **kwargs: Any) -> RerunLogger:
+        rr = import_rerun()
+        url = address if "://" in address else f"rerun+http://{address}/proxy"
+        recording = rr.RecordingStream(APPLICATION_ID, recording_id=uuid.uuid4().hex)
+        recording.connect_grpc(url)
+        return cls(recording, rr, **kwargs)
+
+    def close(self) -> None:
+        try:
+            self.recording.flush()
+            self.recording.disconnect()
+        except Exception:  # closing must not fail the daemon's shutdown
+            log.exception("closing the Rerun recording failed")
+
+    # -- observer ---------------------------------------------------------------------------------------------------
+    def on_tick(self, decision: TickDecision, lateness_ns: int, sent: np.ndarray | None, frame: Frame | None,
+                state: np.ndarray | None, instruction: str, intervention: bool) -> None:
+        self._guard(self._log_tick, decision, sent, frame, state, intervention)
+
+    def on_chunk(self, planned: PlannedChunk) -> None:
+        self._guard(self._log_chunk, planned)
+
+    def on_step_end(self, report: StepReport, instruction: str) -> None:
+        self._guard(self._log_text, "task/steps", f"{report.outcome}: {instruction}"
+                    + (f" ({report.reason})" if report.reason else ""), "INFO" if report.outcome == "done" else "WARN")
+
+    def on_task_event(self, event: TaskEvent) -> None:
+        self._guard(self._log_event, event)
+
+    # -- what is logged ---------------------------------------------------------------------------------------------
+    def _static_names(self, action_names: Sequence[str], state_names: Sequence[str]) -> None:
+        rr, rec = self.rr, self.recording
+        if action_names:
+            for entity in (ENTITY_SENT, "robot/action_reported"):
+                rec.log(entity, rr.SeriesLines(names=list(action_names)), static=True)
+        if state_names:
+            rec.log("robot/state", rr.SeriesLines(names=list(state_names)), static=True)
+
+    def _stamp(self) -> None:
+        self.recording.set_time("tick", sequence=self._tick)
+        self.recording.set_time("time", duration=(time.monotonic_ns() - self._t0_ns) / 1e9)
+
+    def _log_tick(self, decision: TickDecision, sent: np.ndarray | None, frame: Frame | None,
+                  state: np.ndarray | None, intervention: bool) -> None:
+        rr, rec = self.rr, self.recording
+        self._tick += 1
+        self._stamp()
+        self.ticks_logged += 1
+        if frame is not None and frame.seq != self._last_frame_seq:
+            self._last_frame_seq = frame.seq
+            height, width = frame.image.shape[:2]
+            self._image_size = (width, height)
+            rec.log(ENTITY_FRAMES, rr.Image(frame.image))
+            self.frames_logged += 1
+        if state is not None:
+            rec.log("robot/state", rr.Scalars(np.asarray(state, dtype=np.float64)))
+        if sent is not None:
+            rec.log(ENTITY_SENT, rr.Scalars(np.asarray(sent, dtype=np.float64)))
+        rec.log("robot/intervention", rr.Scalars(1.0 if intervention else 0.0))
+        report = self.controller() if self.controller is not None else None
+        if report is not None:
+            rec.log("robot/action_reported", rr.Scalars(np.asarray(report.actual, dtype=np.float64)))
+            rec.log("robot/holding", rr.Scalars(1.0 if report.holding else 0.0))
+        reason = decision.hold_reason if sent is None and not intervention else None
+        if reason != self._last_hold_reason:
+            self._last_hold_reason = reason
+            rec.log("robot/hold_reason", rr.TextLog(f"hold: {reason}" if reason else "moving",
+                                                    level="WARN" if reason else "INFO"))
+
+    def _log_chunk(self, planned: PlannedChunk) -> None:
+        rr, rec = self.rr, self.recording
+        self._stamp()
+        verdict = planned.verdict
+        if self.plane is not None and self._image_size is not None:
+            width, height = self._image_size
+            samples = self.plane.pixels(planned.samples.actions, width, height)
+            chosen = self.plane.pixels(planned.chunk, width, height)
+            rec.log("camera/plan/samples", rr.LineStrips2D(samples, colors=[SAMPLE_RGBA], radii=0.25))
+            rec.log("camera/plan/chosen", rr.LineStrips2D(
+                [chosen], colors=[ACCEPTED_RGB if verdict.passed else REFUSED_RGB], radii=0.6,
+                labels=["accepted" if verdict.passed else "refused"]))
+        for signal in verdict.signals:
+            threshold = signal.threshold if np.isfinite(signal.threshold) else np.nan
+            rec.log(f"confidence/{signal.name}", rr.Scalars([float(signal.value), float(threshold)]))
+        rec.log("chunks/latency_ms", rr.Scalars(float(planned.latency_ms)))
+        text = "accepted" if verdict.passed else f"REFUSED: {verdict.reason}"
+        rec.log(ENTITY_VERDICT, rr.TextLog(f"chunk at tick {planned.request.start_tick} {text}",
+                                           level="INFO" if verdict.passed else "WARN"))
+        self.chunks_logged += 1
+        if self.chunks_logged == 1:
+            for signal in verdict.signals:
+                rec.log(f"confidence/{signal.name}", rr.SeriesLines(names=["value", "threshold"]), static=True)
+
+    def _log_event(self, event: TaskEvent) -> None:
+        d = event.detail
+        self._stamp()
+        if event.kind == "escalated":
+            self._log_text(ENTITY_ESCALATIONS, f"{d.get('escalation_kind')} at step {event.step_index}: "
+                           f"{d.get('reason', '')}", "WARN")
+            self.escalations_logged += 1
+        elif event.kind == "decision":
+            self._log_text("task/decisions", f"{d.get('operator')}: {d.get('action')} (step {event.step_index})",
+                           "INFO")
+        elif event.kind == "checkpoint":
+            self._log_text("task/checkpoints", f"checkpoint: next step {event.step_index}", "INFO")
+        elif event.kind == "step_started":
+            self._log_text("task/steps", f"step {event.step_index}: {d.get('instruction')}", "INFO")
+
+    def _log_text(self, entity: str, text: str, level: str) -> None:
+        self._stamp()
+        self.recording.log(entity, self.rr.TextLog(text, level=level))
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._failed:
+            return
+        try:
+            fn(*args)
+        except Exception:
+            self._failed = True
+            log.exception("Rerun logging failed; it is off for the rest of this run")
