@@ -78,6 +78,18 @@ def is_rrd_target(target: str) -> bool:
     return target.endswith(".rrd")
 
 
+WEB_VIEWER_PORT = 9090  # ``rerun --serve-web``'s default
+
+
+def web_viewer_url(address: str) -> str:
+    """The page of a ``rerun --serve-web`` viewer on the host of ``address`` that shows what is logged there."""
+    from urllib.parse import quote, urlsplit
+
+    url = address if "://" in address else f"rerun+http://{address}/proxy"
+    host = urlsplit(url).hostname or "127.0.0.1"
+    return f"http://{host}:{WEB_VIEWER_PORT}/?url={quote(url, safe='')}"
+
+
 class RerunLogger:
     """Logs to one Rerun recording; build it with `to_file`, `to_viewer` or `open_target`.
 

@@ -24,7 +24,7 @@ from vla_edge.confidence import DEFAULT_THRESHOLDS, ActionBounds, ConfidenceMoni
 from vla_edge.config import Settings
 from vla_edge.errors import BundleError, VlaEdgeError
 from vla_edge.executor import ExecutorSettings, PolicyStepExecutor, TickObserver
-from vla_edge.operator.console import ConsoleModel, OperatorConsole
+from vla_edge.operator.console import ConsoleLinks, ConsoleModel, OperatorConsole
 from vla_edge.operator.observer import ConsoleObserver
 from vla_edge.operator.escalation import EscalationQueue, TeleopChannel
 from vla_edge.policy import PolicyRunner, manifest_v2
@@ -209,6 +209,7 @@ class Daemon:
         self._stack.callback(self.metrics_server.stop)
         self.metrics.attach_health(HealthSampler(s.telemetry.health_interval_s))
 
+        self.console_model.set_links(self._links())
         if s.operator.enabled:
             self.console_model.set_frame_provider(lambda: self.executor.latest_frame() if self.executor else None)
             with _binding("operator console", s.operator.host, s.operator.port, "operator.port"):
@@ -256,6 +257,16 @@ class Daemon:
         self._stack.callback(self.executor.close)
         log.info("vla-edge up: bundle %s %s (%s) on %s", manifest.name, manifest.version, s.policy.precision,
                  ", ".join(self.policy.providers_in_use))
+
+    def _links(self) -> ConsoleLinks:
+        rerun = self.settings.telemetry.rerun
+        rerun_file = rerun_viewer = None
+        if rerun:
+            from vla_edge.rerun_log import is_rrd_target, web_viewer_url
+
+            rerun_file, rerun_viewer = (rerun, None) if is_rrd_target(rerun) else (None, web_viewer_url(rerun))
+        metrics = f"{self.metrics_server.url}/metrics" if self.metrics_server else None
+        return ConsoleLinks(metrics=metrics, rerun_viewer=rerun_viewer, rerun_file=rerun_file)
 
     def _on_remote_status(self, text: str) -> None:
         self._remote_status = text

@@ -16,7 +16,7 @@ from hil.tasks import make_chain
 from hil.world import TabletopWorld
 from vla_edge.checkpoint import CheckpointStore
 from vla_edge.config import OperatorSettings, TaskSettings
-from vla_edge.operator.console import ConsoleModel, OperatorConsole
+from vla_edge.operator.console import ConsoleLinks, ConsoleModel, OperatorConsole, PlanView
 from vla_edge.operator.escalation import EscalationQueue, TeleopChannel
 from vla_edge.task import TaskRunner, TaskSpec
 
@@ -51,11 +51,21 @@ def test_escalation_approve_and_takeover_in_browser(tmp_path):
     spec = TaskSpec("browser-demo", tuple(step.instruction for step in chain))
     queue, teleop = EscalationQueue(), TeleopChannel()
     model = ConsoleModel(queue, teleop)
-    executor = HilExecutor(world, faults={(0, 0): 9, (1, 0): 6}, tick_s=0.03, on_confidence=model.add_confidence)
+
+    def on_confidence(ratios, passed):
+        # As the daemon's ConsoleObserver does per chunk: the verdict and the chunk's K trajectories on the image.
+        model.add_confidence(ratios, passed)
+        model.set_plan(PlanView(
+            t_s=0.0, start_tick=0, chosen_index=0, passed=passed, reason="" if passed else "spread",
+            samples=[[(0.2 + 0.04 * i, 0.2 + 0.02 * i + 0.03 * k) for i in range(8)] for k in range(8)],
+            chosen=[(0.2 + 0.04 * i, 0.2 + 0.02 * i) for i in range(8)]))
+
+    executor = HilExecutor(world, faults={(0, 0): 9, (1, 0): 6}, tick_s=0.03, on_confidence=on_confidence)
     model.set_task(spec.task_id, spec.steps)
     model.set_frame_provider(executor.latest_frame)
     model.set_camera_status("sim 96×96 @ 10 Hz")
     model.set_remote_status("off")
+    model.set_links(ConsoleLinks(metrics="http://127.0.0.1:9780/metrics", rerun_file="/tmp/run.rrd"))
     runner = TaskRunner(
         spec, executor, queue, CheckpointStore(tmp_path / "state"), TaskSettings(checkpoint_every=3),
         answer_timeout_s=30.0, events=model.on_task_event, teleop=teleop, verifier=executor.verify,
@@ -85,6 +95,17 @@ def test_escalation_approve_and_takeover_in_browser(tmp_path):
             expect(page.locator("#steps li.holding")).to_have_count(1)
             page.wait_for_function("document.getElementById('camera').naturalWidth === 96")
             assert executor.overrides == []
+            # The refused plan is drawn on the escalation's frame: 8 samples and the chosen chunk in red.
+            expect(card).to_have_attribute("data-plan", "1")
+            expect(card.locator("canvas.plan")).to_have_attribute("data-samples", "8")
+            red = card.locator("canvas.plan").evaluate(
+                """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+                          for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i+1] < 80 && d[i+3] > 200) n++;
+                          return n; }""")
+            assert red > 20, red
+            expect(page.locator("#camera-plan")).to_have_attribute("data-samples", "8")
+            expect(page.locator("#link-metrics")).to_have_attribute("href", "http://127.0.0.1:9780/metrics")
+            expect(page.locator("#rerun-file")).to_contain_text("/tmp/run.rrd")
 
             # 2. Approve: the runner actuates the flagged chunk once and the step goes on.
             card.get_by_role("button", name="Approve").click()

@@ -132,6 +132,14 @@ class EventView(View):
     text: str
 
 
+class ConsoleLinks(View):
+    """Where the other views of this daemon are: its metrics, and its Rerun recording (a web viewer or a file)."""
+
+    metrics: str | None = None
+    rerun_viewer: str | None = None
+    rerun_file: str | None = None
+
+
 class ConsoleState(View):
     v: Literal[1] = 1
     task_id: str | None
@@ -142,6 +150,7 @@ class ConsoleState(View):
     camera: str
     remote: str
     plan: PlanView | None = None
+    links: ConsoleLinks = ConsoleLinks()
     open_escalations: int
     escalation_revision: int
     teleop_step: int | None
@@ -192,6 +201,7 @@ class ConsoleModel:
         self._camera = "unknown"
         self._remote = "not configured"
         self._plan: PlanView | None = None
+        self._links = ConsoleLinks()
         self._escalation_plans: dict[str, PlanView] = {}
 
     # -- updates from the service ------------------------------------------------------------------------------
@@ -228,6 +238,10 @@ class ConsoleModel:
         point = ConfidencePoint(t_s=round(t, 3), ratios=ratios, passed=passed)
         with self._lock:
             self._confidence.append(point)
+
+    def set_links(self, links: ConsoleLinks) -> None:
+        with self._lock:
+            self._links = links
 
     def set_plan(self, plan: PlanView | None) -> None:
         """The newest planned chunk (accepted or refused), drawn over the live camera view."""
@@ -290,6 +304,7 @@ class ConsoleModel:
                 steps=steps,
                 confidence=list(self._confidence),
                 plan=self._plan,
+                links=self._links,
                 camera=self._camera,
                 remote=self._remote,
                 open_escalations=len(self.escalations.open()),

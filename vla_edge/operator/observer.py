@@ -14,8 +14,8 @@ from vla_edge.scheduler import PlannedChunk
 
 
 def plan_view(planned: PlannedChunk, plane: ImagePlane, t_s: float) -> PlanView:
-    samples = np.round(plane.fractions(planned.samples.actions), 4)
-    chosen = np.round(plane.fractions(planned.chunk), 4)
+    samples = np.round(plane.fractions(planned.samples.actions).astype(np.float64), 4)
+    chosen = np.round(plane.fractions(planned.chunk).astype(np.float64), 4)
     return PlanView(
         t_s=round(t_s, 3),
         start_tick=planned.request.start_tick,

@@ -59,6 +59,8 @@ function renderState(s) {
   badge.textContent = String(s.open_escalations);
   badge.className = "badge" + (s.open_escalations ? " hot" : "");
   drawConfidence(s.confidence);
+  drawPlan($("camera-plan"), s.plan);
+  setLinks(s.links);
   setTeleop(s.teleop_step);
   if (s.escalation_revision !== lastRevision) {
     lastRevision = s.escalation_revision;
@@ -109,6 +111,42 @@ function drawConfidence(points) {
   }));
 }
 
+// ---- the plan: K sampled trajectories and the chosen one, in image fractions (x right, y down) -------------
+
+function drawPlan(canvas, plan) {
+  const ratio = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth, h = canvas.clientHeight;
+  if (canvas.width !== w * ratio) { canvas.width = w * ratio; canvas.height = h * ratio; }
+  const g = canvas.getContext("2d");
+  g.setTransform(ratio, 0, 0, ratio, 0, 0);
+  g.clearRect(0, 0, w, h);
+  canvas.dataset.samples = plan ? String(plan.samples.length) : "0";
+  canvas.dataset.passed = plan ? String(plan.passed) : "";
+  if (!plan) return;
+  const path = (points) => {
+    g.beginPath();
+    points.forEach(([x, y], i) => { if (i) g.lineTo(x * w, y * h); else g.moveTo(x * w, y * h); });
+    g.stroke();
+  };
+  g.lineCap = "round"; g.lineJoin = "round";
+  g.strokeStyle = "rgba(255, 255, 255, 0.55)"; g.lineWidth = Math.max(1, w / 200);
+  plan.samples.forEach(path);
+  g.strokeStyle = plan.passed ? "#28c850" : "#e62828"; g.lineWidth = Math.max(2, w / 90);
+  path(plan.chosen);
+  const [x0, y0] = plan.chosen[0];
+  g.beginPath(); g.arc(x0 * w, y0 * h, Math.max(3, w / 50), 0, 2 * Math.PI); g.stroke();
+}
+
+function setLinks(links) {
+  const metrics = $("link-metrics"), rerun = $("link-rerun"), file = $("rerun-file");
+  metrics.hidden = !(links && links.metrics);
+  if (!metrics.hidden) metrics.href = links.metrics;
+  rerun.hidden = !(links && links.rerun_viewer);
+  if (!rerun.hidden) rerun.href = links.rerun_viewer;
+  file.hidden = !(links && links.rerun_file);
+  if (!file.hidden) file.textContent = "Rerun → " + links.rerun_file;
+}
+
 // ---- escalation queue --------------------------------------------------------------------------------------
 
 async function refreshQueue() {
@@ -122,11 +160,11 @@ async function refreshQueue() {
   if (!open.length) { queue.append(el("p", "dim empty", "Nothing to answer.")); return; }
   for (const esc of open) {
     if (queue.querySelector(`.card[data-id="${esc.id}"]`)) continue;
-    queue.append(makeCard(esc));
+    queue.append(makeCard(esc, data.plans[esc.id] || null));
   }
 }
 
-function makeCard(esc) {
+function makeCard(esc, plan) {
   const card = $("escalation-card").content.firstElementChild.cloneNode(true);
   card.dataset.id = esc.id;
   card.dataset.kind = esc.kind;
@@ -137,6 +175,12 @@ function makeCard(esc) {
   if (esc.frame_jpeg_b64) img.src = "data:image/jpeg;base64," + esc.frame_jpeg_b64; else img.alt = "no frame";
   card.querySelector(".instruction").textContent = esc.instruction;
   card.querySelector(".reason").textContent = esc.reason;
+  if (plan) {
+    card.dataset.plan = "1";
+    requestAnimationFrame(() => drawPlan(card.querySelector("canvas.plan"), plan));
+    card.querySelector(".plan-note").textContent =
+      `refused plan drawn: ${plan.samples.length} samples (white), the chunk it would run (red)`;
+  }
   const table = card.querySelector(".figures");
   for (const [name, value] of Object.entries(esc.confidence)) {
     const row = table.insertRow();
