@@ -21,6 +21,7 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 [ -e /usr/include/msgpack.h ] || need+=(libmsgpack-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)  # tests/telemetry: a real Prometheus scrapes the demo
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)  # vla-edge dataset view: Rerun transcodes the episode videos
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq

@@ -90,6 +90,28 @@ def web_viewer_url(address: str) -> str:
     return f"http://{host}:{WEB_VIEWER_PORT}/?url={quote(url, safe='')}"
 
 
+def default_blueprint(rr: Any) -> Any:
+    """The layout a run opens with: the camera and its plans, confidence against thresholds, the robot, the log."""
+    rrb = rr.blueprint
+    return rrb.Blueprint(
+        rrb.Horizontal(
+            rrb.Vertical(
+                rrb.Spatial2DView(origin="camera", name="camera + plan (white: K samples; green/red: chunk)"),
+                rrb.TextLogView(origin="/", contents=["chunks/verdict", "task/**", "robot/hold_reason"],
+                                name="verdicts, escalations, decisions"),
+                row_shares=[3, 2]),
+            rrb.Vertical(
+                rrb.TimeSeriesView(origin="confidence", name="confidence: value vs threshold"),
+                rrb.TimeSeriesView(origin="robot", contents=["robot/action_sent", "robot/action_reported"],
+                                   name="action sent / reported"),
+                rrb.TimeSeriesView(origin="robot", contents=["robot/state", "robot/holding", "robot/intervention"],
+                                   name="state, holding, intervention"),
+            ),
+            column_shares=[1, 1]),
+        collapse_panels=True,
+    )
+
+
 class RerunLogger:
     """Logs to one Rerun recording; build it with `to_file`, `to_viewer` or `open_target`.
 
@@ -114,6 +136,7 @@ class RerunLogger:
         self.escalations_logged = 0
         self.ticks_logged = 0
         self._static_names(action_names, state_names)
+        recording.send_blueprint(default_blueprint(rr))
 
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod

@@ -140,9 +140,10 @@ def demo_run(tmp_path_factory):
                 result, judge = run_task_with_simulated_operator(daemon, sim, "telemetry-demo", sim.chain(3, seed=5))
                 ended = time.time()
                 if prometheus is not None:
-                    # Everything the daemon did is in a scrape taken after the task ended.
+                    # Everything the daemon did is in the scrapes taken after the task ended (two of them, so that
+                    # rate() and increase() have two samples even of a series born in the last moments).
                     wait_for(lambda: (prometheus.scalar('timestamp(vla_edge_uptime_seconds{job="vla-edge"})') or 0)
-                             > ended + 0.5, 30, "a scrape after the task ended")
+                             > ended + 2.5, 30, "two scrapes after the task ended")
                 rerun_counts = {}
                 if daemon.rerun is not None:
                     logger = daemon.rerun

@@ -75,3 +75,23 @@ def test_escalations_match_the_task_runner(run):
     assert sum(escalations.values()) == run.result.counters.get("escalations", 0) >= 1
     assert escalations.get("verify", 0) >= 1  # the checkpoint verification of this task
     assert escalations.get("low_confidence", 0) == run.counters.chunks_rejected
+
+
+def test_every_dashboard_query_runs_on_prometheus_and_the_core_panels_have_data(run):
+    import json
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana" /
+                            "vla-edge-dashboard.json").read_text())
+    empty = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$robot", ".*").replace("$__rate_interval", "1m")
+            result = run.prometheus.query(expr)  # a query Prometheus cannot parse fails here (HTTP 400)
+            if not result:
+                empty.append(panel["title"])
+    # Only what this run cannot have is empty: no remote tier, no board temperature sensors in every VM.
+    allowed = {"Remote tier up", "Temperature and throttling"}
+    if run.counters.chunks_rejected == 0:
+        allowed.add("Refused chunks (5 min)")
+    assert set(empty) <= allowed, empty
