@@ -61,13 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     start = end - args.minutes * 60
     step = max(1.0, (end - start) / 300)
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in dashboard["panels"])
-    fig = plt.figure(figsize=(18, rows * 0.42))
-    grid = fig.add_gridspec(rows, 24, hspace=3.0, wspace=2.0)
+    fig = plt.figure(figsize=(18, rows * 0.40))
+    grid = fig.add_gridspec(rows, 24, hspace=4.0, wspace=2.5, top=0.95)
     for panel in dashboard["panels"]:
         g = panel["gridPos"]
         ax = fig.add_subplot(grid[g["y"]:g["y"] + g["h"], g["x"]:g["x"] + g["w"]])
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
         scale, shown_unit = UNIT_SCALE.get(unit, (1.0, unit if unit not in ("short", "") else ""))
+        if panel["type"] == "stat" and unit == "s":
+            scale, shown_unit = 1.0, "s"
         ax.set_title(panel["title"] + (f" [{shown_unit}]" if shown_unit else ""), fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
         drawn = 0

@@ -108,6 +108,7 @@ def default_blueprint(rr: Any) -> Any:
                                    name="state, holding, intervention"),
             ),
             column_shares=[1, 1]),
+        rrb.TimePanel(timeline="tick"),
         collapse_panels=True,
     )
 
@@ -129,7 +130,7 @@ class RerunLogger:
         self._tick = 0
         self._last_frame_seq: int | None = None
         self._last_hold_reason: str | None = None
-        self._image_size: tuple[int, int] | None = None  # (width, height) of the last frame
+        self._named_signals: set[str] = set()
         self._failed = False
         self.frames_logged = 0
         self.chunks_logged = 0
@@ -207,8 +208,6 @@ class RerunLogger:
         self.ticks_logged += 1
         if frame is not None and frame.seq != self._last_frame_seq:
             self._last_frame_seq = frame.seq
-            height, width = frame.image.shape[:2]
-            self._image_size = (width, height)
             rec.log(ENTITY_FRAMES, rr.Image(frame.image))
             self.frames_logged += 1
         if state is not None:
@@ -230,8 +229,8 @@ class RerunLogger:
         rr, rec = self.rr, self.recording
         self._stamp()
         verdict = planned.verdict
-        if self.plane is not None and self._image_size is not None:
-            width, height = self._image_size
+        if self.plane is not None:
+            height, width = planned.request.observation.image.shape[:2]  # the frame the chunk was planned on
             samples = self.plane.pixels(planned.samples.actions, width, height)
             chosen = self.plane.pixels(planned.chunk, width, height)
             rec.log("camera/plan/samples", rr.LineStrips2D(samples, colors=[SAMPLE_RGBA], radii=0.25))
@@ -243,12 +242,14 @@ class RerunLogger:
             rec.log(f"confidence/{signal.name}", rr.Scalars([float(signal.value), float(threshold)]))
         rec.log("chunks/latency_ms", rr.Scalars(float(planned.latency_ms)))
         text = "accepted" if verdict.passed else f"REFUSED: {verdict.reason}"
-        rec.log(ENTITY_VERDICT, rr.TextLog(f"chunk at tick {planned.request.start_tick} {text}",
+        rec.log(ENTITY_VERDICT, rr.TextLog(f"chunk {text} ({planned.latency_ms:.1f} ms)",
                                            level="INFO" if verdict.passed else "WARN"))
         self.chunks_logged += 1
-        if self.chunks_logged == 1:
-            for signal in verdict.signals:
-                rec.log(f"confidence/{signal.name}", rr.SeriesLines(names=["value", "threshold"]), static=True)
+        for signal in verdict.signals:
+            if signal.name not in self._named_signals:
+                self._named_signals.add(signal.name)
+                rec.log(f"confidence/{signal.name}", rr.SeriesLines(
+                    names=[signal.name, f"{signal.name} threshold"], widths=[2.0, 1.0]), static=True)
 
     def _log_event(self, event: TaskEvent) -> None:
         d = event.detail
