@@ -46,6 +46,7 @@ class Prometheus:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "prometheus.log"
+        self.at: float | None = None
         self.process = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
@@ -61,8 +62,12 @@ class Prometheus:
             return False
 
     def query(self, promql: str) -> list[dict[str, Any]]:
-        """An instant query through the HTTP API; the result vector."""
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        """An instant query through the HTTP API, at ``self.at`` (Unix seconds) when set, else now."""
+        params = {"query": promql}
+        if self.at is not None:
+            # Pinned: once the daemon stops, Prometheus marks its series stale and "now" would find none.
+            params["time"] = f"{self.at:.3f}"
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode(params)
         with urllib.request.urlopen(url, timeout=10) as resp:
             body = json.loads(resp.read())
         if body.get("status") != "success":

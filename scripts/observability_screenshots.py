@@ -30,6 +30,31 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--use-angle=swiftshader", "-
                  "--ignore-gpu-blocklist", "--disable-background-networking", "--no-first-run"]
 
 
+def cut_at(rrd: Path, last_tick: int, out: Path) -> None:
+    """The recording up to ``last_tick`` (a viewer opens a recording at its end), with the daemon's layout."""
+    import pyarrow.compute as pc
+    import rerun as rr
+    from rerun.chunk import Chunk, RrdReader
+
+    from vla_edge.rerun_log import APPLICATION_ID, default_blueprint
+
+    chunks = []
+    for chunk in RrdReader(rrd).stream():
+        if chunk.is_static or "tick" not in chunk.timeline_names:
+            chunks.append(chunk)
+            continue
+        batch = chunk.to_record_batch()
+        kept = batch.filter(pc.less_equal(batch.column("tick"), last_tick))
+        if kept.num_rows:
+            chunks.extend(Chunk.from_record_batch(kept))
+    recording = rr.RecordingStream(APPLICATION_ID, recording_id="until-refusal")
+    recording.save(str(out))
+    rr.send_chunks(chunks, recording=recording)
+    recording.send_blueprint(default_blueprint(rr))
+    recording.flush()
+    recording.disconnect()
+
+
 def last_refusal_tick(rrd: Path) -> int:
     from rerun.chunk import RrdReader
 
@@ -83,18 +108,9 @@ def run_demo(work: Path, seed: int, steps: int, console_shot: Path | None):
                 shooter = threading.Thread(target=shoot_console, args=(daemon, console_shot), daemon=True)
                 shooter.start()
             started = time.time()
-            cut = work / "until-first-refusal.rrd"
-
-            def on_event(event) -> None:
-                judge.on_event(event)
-                if event.kind == "escalated" and event.detail.get("escalation_kind") == "low_confidence":
-                    # The recording as it stands at the (last) refusal: a viewer opens it at its last tick.
-                    daemon.rerun.recording.flush()
-                    shutil.copyfile(rrd, cut)
-
             try:
                 daemon.run_task(TaskSpec(f"screenshots-{seed}", tuple(instructions)), threading.Event(),
-                                events=on_event)
+                                events=judge.on_event)
             finally:
                 operator.stop()
             wait_for(lambda: (prometheus.scalar('timestamp(vla_edge_uptime_seconds)') or 0) > time.time() - 0.5,
@@ -103,9 +119,7 @@ def run_demo(work: Path, seed: int, steps: int, console_shot: Path | None):
             if shooter is not None:
                 shooter.join(timeout=30)
         sim.close()
-    if not cut.exists():
-        raise SystemExit("no chunk was refused in this run: try another --seed")
-    return cut, prometheus, started, ended
+    return rrd, prometheus, started, ended
 
 
 def shoot_console(daemon, out: Path) -> None:
@@ -188,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tick = last_refusal_tick(rrd)
             print(f"refused chunk at tick {tick}")
-            shoot_rerun(rrd, tick, args.out / "rerun_refused_chunk.png", work)
+            cut = work / "until-refusal.rrd"
+            cut_at(rrd, tick + 1, cut)  # + 1: the escalation is raised at the next tick
+            shoot_rerun(cut, tick, args.out / "rerun_refused_chunk.png", work)
             from scripts.dashboard_preview import main as preview
 
             preview(["--prometheus", prometheus.url, "--minutes", f"{(ended - started) / 60 + 0.2:.2f}",

@@ -14,8 +14,10 @@ entity                         what
 ``camera/plan/chosen``         the chunk that is executed: green when accepted, red when refused
 ``robot/state``                the measured state the controller reported
 ``robot/action_sent``          the action sent this tick (nothing on a hold)
-``robot/action_reported``      what the controller reports it actuated (``StateReport.actual``), and
-``robot/holding``              whether it holds (1) and ``robot/hold_reason`` (text, on change)
+``robot/action_reported``      what the controller reports it actuated (``StateReport.applied``, after its filter),
+``robot/measured``             the measured position (``StateReport.actual``), ``robot/holding`` whether it
+                               holds (1), ``robot/hold_reason`` (text, on change) and
+                               ``robot/controller_rejected`` (each command the controller refused, and why)
 ``robot/intervention``         1 while a human drives (take-over)
 ``confidence/<signal>``        each signal's value against its threshold (two series), per chunk
 ``chunks/verdict``             one line per chunk: accepted, or refused and why
@@ -97,15 +99,17 @@ def default_blueprint(rr: Any) -> Any:
         rrb.Horizontal(
             rrb.Vertical(
                 rrb.Spatial2DView(origin="camera", name="camera + plan (white: K samples; green/red: chunk)"),
-                rrb.TextLogView(origin="/", contents=["chunks/verdict", "task/**", "robot/hold_reason"],
+                rrb.TextLogView(origin="/", contents=["chunks/verdict", "task/**", "robot/hold_reason",
+                                                      "robot/controller_rejected"],
                                 name="verdicts, escalations, decisions"),
                 row_shares=[3, 2]),
             rrb.Vertical(
                 rrb.TimeSeriesView(origin="confidence", name="confidence: value vs threshold"),
                 rrb.TimeSeriesView(origin="robot", contents=["robot/action_sent", "robot/action_reported"],
-                                   name="action sent / reported"),
-                rrb.TimeSeriesView(origin="robot", contents=["robot/state", "robot/holding", "robot/intervention"],
-                                   name="state, holding, intervention"),
+                                   name="action sent / reported by the controller"),
+                rrb.TimeSeriesView(origin="robot", contents=["robot/measured", "robot/holding",
+                                                             "robot/intervention"],
+                                   name="measured position, holding, intervention"),
             ),
             column_shares=[1, 1]),
         rrb.TimePanel(timeline="tick"),
@@ -131,6 +135,7 @@ class RerunLogger:
         self._last_frame_seq: int | None = None
         self._last_hold_reason: str | None = None
         self._named_signals: set[str] = set()
+        self._last_rejected = -1
         self._failed = False
         self.frames_logged = 0
         self.chunks_logged = 0
@@ -191,7 +196,7 @@ class RerunLogger:
     def _static_names(self, action_names: Sequence[str], state_names: Sequence[str]) -> None:
         rr, rec = self.rr, self.recording
         if action_names:
-            for entity in (ENTITY_SENT, "robot/action_reported"):
+            for entity in (ENTITY_SENT, "robot/action_reported", "robot/measured"):
                 rec.log(entity, rr.SeriesLines(names=list(action_names)), static=True)
         if state_names:
             rec.log("robot/state", rr.SeriesLines(names=list(state_names)), static=True)
@@ -217,8 +222,15 @@ class RerunLogger:
         rec.log("robot/intervention", rr.Scalars(1.0 if intervention else 0.0))
         report = self.controller() if self.controller is not None else None
         if report is not None:
-            rec.log("robot/action_reported", rr.Scalars(np.asarray(report.actual, dtype=np.float64)))
+            if report.applied:  # wire v2: the command as the controller actuated it, after its filter
+                rec.log("robot/action_reported", rr.Scalars(np.asarray(report.applied, dtype=np.float64)))
+            rec.log("robot/measured", rr.Scalars(np.asarray(report.actual, dtype=np.float64)))
             rec.log("robot/holding", rr.Scalars(1.0 if report.holding else 0.0))
+            rejected = report.seq_rejected if report.seq_rejected is not None else -1
+            if rejected >= 0 and rejected != self._last_rejected:
+                self._last_rejected = rejected
+                rec.log("robot/controller_rejected", rr.TextLog(
+                    f"controller refused command {rejected}: {report.rejected_reason}", level="WARN"))
         reason = decision.hold_reason if sent is None and not intervention else None
         if reason != self._last_hold_reason:
             self._last_hold_reason = reason

@@ -68,8 +68,10 @@ def demo_run(tmp_path_factory):
                 if prometheus is not None:
                     # Everything the daemon did is in the scrapes taken after the task ended (two of them, so that
                     # rate() and increase() have two samples even of a series born in the last moments).
-                    wait_for(lambda: (prometheus.scalar('timestamp(vla_edge_uptime_seconds{job="vla-edge"})') or 0)
-                             > ended + 2.5, 30, "two scrapes after the task ended")
+                    last_scrape = 'timestamp(vla_edge_uptime_seconds{job="vla-edge"})'
+                    wait_for(lambda: (prometheus.scalar(last_scrape) or 0) > ended + 2.5, 30,
+                             "two scrapes after the task ended")
+                    prometheus.at = prometheus.scalar(last_scrape)  # every query is asked at that scrape
                 rerun_counts = {}
                 if daemon.rerun is not None:
                     logger = daemon.rerun

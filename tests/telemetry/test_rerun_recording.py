@@ -56,4 +56,5 @@ def test_every_tick_and_chunk_carries_what_it_should(recording):
     assert rows["/camera/plan/samples"] == rows["/camera/plan/chosen"] == chunks
     for signal in run.thresholds:
         assert rows[f"/confidence/{signal}"] == chunks, signal
-    assert rows["/robot/action_reported"] > 0 and rows["/task/decisions"] >= 1 and rows["/task/checkpoints"] >= 1
+    assert rows["/robot/action_reported"] > 0 and rows["/robot/measured"] > 0
+    assert rows["/task/decisions"] >= 1 and rows["/task/checkpoints"] >= 1
