@@ -176,8 +176,11 @@ class SimulatedOperator:
         self.escalations.decide(Decision(escalation_id=escalation_id, action=action, step_index=step,
                                          operator="simulated-operator"))
 
-    def _drive(self, timeout_s: float = 20.0) -> None:
-        """Feed the scripted expert's moves into the teleop channel, one per world tick, until done."""
+    def _drive(self, timeout_s: float = 120.0) -> None:
+        """Feed the scripted expert's moves into the teleop channel, one per world tick, until done.
+
+        The deadline is generous: past it the take-over never ends (nothing says "done"), and on a loaded 2-core
+        machine a step driven by the expert has taken more than 20 s of wall time."""
         deadline = time.monotonic() + timeout_s
         while self.teleop.active_step is None and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -30,31 +30,6 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--use-angle=swiftshader", "-
                  "--ignore-gpu-blocklist", "--disable-background-networking", "--no-first-run"]
 
 
-def cut_at(rrd: Path, last_tick: int, out: Path) -> None:
-    """The recording up to ``last_tick`` (a viewer opens a recording at its end), with the daemon's layout."""
-    import pyarrow.compute as pc
-    import rerun as rr
-    from rerun.chunk import Chunk, RrdReader
-
-    from vla_edge.rerun_log import APPLICATION_ID, default_blueprint
-
-    chunks = []
-    for chunk in RrdReader(rrd).stream():
-        if chunk.is_static or "tick" not in chunk.timeline_names:
-            chunks.append(chunk)
-            continue
-        batch = chunk.to_record_batch()
-        kept = batch.filter(pc.less_equal(batch.column("tick"), last_tick))
-        if kept.num_rows:
-            chunks.extend(Chunk.from_record_batch(kept))
-    recording = rr.RecordingStream(APPLICATION_ID, recording_id="until-refusal")
-    recording.save(str(out))
-    rr.send_chunks(chunks, recording=recording)
-    recording.send_blueprint(default_blueprint(rr))
-    recording.flush()
-    recording.disconnect()
-
-
 def last_refusal_tick(rrd: Path) -> int:
     from rerun.chunk import RrdReader
 
@@ -71,7 +46,7 @@ def last_refusal_tick(rrd: Path) -> int:
     return max(ticks)
 
 
-def run_demo(work: Path, seed: int, steps: int, console_shot: Path | None):
+def run_demo(work: Path, seed: int, steps: int, console_shot: Path | None, min_ticks: int = 60):
     from hil.harness import SimRobotProcess, SimulatedOperator, StepJudge
     from hil.prometheus import Prometheus, free_port, wait_for
     from vla_edge.config import load_settings
@@ -108,9 +83,16 @@ def run_demo(work: Path, seed: int, steps: int, console_shot: Path | None):
                 shooter = threading.Thread(target=shoot_console, args=(daemon, console_shot), daemon=True)
                 shooter.start()
             started = time.time()
+            def on_event(event) -> None:
+                judge.on_event(event)
+                # End the recording at a refusal once it has some history: a viewer opens it at its end.
+                if event.kind == "escalated" and event.detail.get("escalation_kind") == "low_confidence" \
+                        and daemon.rerun.ticks_logged >= min_ticks:
+                    daemon.rerun.close()
+
             try:
                 daemon.run_task(TaskSpec(f"screenshots-{seed}", tuple(instructions)), threading.Event(),
-                                events=judge.on_event)
+                                events=on_event)
             finally:
                 operator.stop()
             wait_for(lambda: (prometheus.scalar('timestamp(vla_edge_uptime_seconds)') or 0) > time.time() - 0.5,
@@ -135,7 +117,7 @@ def shoot_console(daemon, out: Path) -> None:
         page.goto(daemon.console.url)
         page.locator(".card[data-plan='1']").wait_for(timeout=10000)
         page.wait_for_timeout(1200)
-        page.screenshot(path=str(out))
+        page.screenshot(path=str(out), timeout=240000)
         browser.close()
 
 
@@ -181,7 +163,7 @@ def shoot_rerun(rrd: Path, tick: int, out: Path, work: Path) -> None:
                 except Exception:
                     time.sleep(0.5)
             page.wait_for_timeout(25000)  # wasm start-up, loading, the software rasteriser
-            page.screenshot(path=str(out))
+            page.screenshot(path=str(out), timeout=240000)
             browser.close()
     finally:
         files.shutdown()
@@ -202,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tick = last_refusal_tick(rrd)
             print(f"refused chunk at tick {tick}")
-            cut = work / "until-refusal.rrd"
-            cut_at(rrd, tick + 1, cut)  # + 1: the escalation is raised at the next tick
-            shoot_rerun(cut, tick, args.out / "rerun_refused_chunk.png", work)
+            shoot_rerun(rrd, tick, args.out / "rerun_refused_chunk.png", work)
             from scripts.dashboard_preview import main as preview
 
             preview(["--prometheus", prometheus.url, "--minutes", f"{(ended - started) / 60 + 0.2:.2f}",

@@ -137,6 +137,7 @@ class RerunLogger:
         self._named_signals: set[str] = set()
         self._last_rejected = -1
         self._failed = False
+        self._closed = False
         self.frames_logged = 0
         self.chunks_logged = 0
         self.escalations_logged = 0
@@ -171,6 +172,10 @@ class RerunLogger:
         return cls(recording, rr, **kwargs)
 
     def close(self) -> None:
+        """Flush and end the recording; later calls to the logger do nothing (closing twice is harmless)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.recording.flush()
             self.recording.disconnect()
@@ -283,7 +288,7 @@ class RerunLogger:
         self.recording.log(entity, self.rr.TextLog(text, level=level))
 
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._failed:
+        if self._failed or self._closed:
             return
         try:
             fn(*args)
