@@ -2,99 +2,25 @@
 generic simulated arm (hil.generic_arm) behind the real controller client, one camera stream per view at its own
 resolution, and the step ended by the bundle's own rule.
 
-`run_bundle_step` is the harness: any schema-2 bundle directory (the small ones built here, or a LeRobot policy
-imported with `vla-edge import lerobot`) runs one task step with its chunks actuated over the wire.
+`hil.generic_arm.run_bundle_step` is the harness: any schema-2 bundle directory (the small ones built here, or a
+LeRobot policy imported with `vla-edge import lerobot`) runs one task step with its chunks actuated over the wire.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hil.generic_arm import GenericSimRobot, ViewStream, capture_size
-from hil.harness import SimPorts, free_port
+from hil.generic_arm import BundleRun, run_bundle_step
 from tests.policy import tiny_bundles as tiny
 from vla_edge.bundle import load_bundle
-from vla_edge.config import StreamSettings, load_settings
 from vla_edge.policy import manifest_v2
-from vla_edge.service import Daemon
-from vla_edge.task import StepReport
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class BundleRun:
-    report: StepReport
-    actuated: list[np.ndarray]  # every command the arm executed, in order
-    chunks_accepted: int
-    actions_sent: int
-    chunk_shapes: list[tuple[int, ...]]
-    latencies_ms: list[float]
-
-
-def run_bundle_step(bundle_dir: Path, tmp_path: Path, instruction: str, precision: str = "fp32",
-                    step_timeout_s: float = 60.0, **extra: dict) -> BundleRun:
-    """One task step of ``bundle_dir`` on the generic arm, through the whole daemon. Returns what happened."""
-    manifest = manifest_v2(load_bundle(bundle_dir))
-    ports = SimPorts.pick()
-    views = []
-    for view in manifest.observation.cameras:
-        height, width = capture_size(view.height, view.width)
-        views.append(ViewStream(view.name, f"tcp://127.0.0.1:{free_port()}", height, width))
-    stream = StreamSettings(command_endpoint=ports.endpoint(ports.commands),
-                            state_endpoint=ports.endpoint(ports.state), curve=False)
-    robot = GenericSimRobot(manifest, stream, views, seed=1)
-    stop = threading.Event()
-    thread = threading.Thread(target=robot.run, args=(stop,), daemon=True)
-    first, *others = views
-    overrides: dict[str, dict] = {
-        "camera": {"source": "sim", "sim_endpoint": first.endpoint,
-                   "views": {v.name: {"source": "sim", "sim_endpoint": v.endpoint} for v in others}},
-        "stream": {"command_endpoint": stream.command_endpoint, "state_endpoint": stream.state_endpoint,
-                   "curve": False},
-        "task": {"state_dir": str(tmp_path / "state"), "step_timeout_s": step_timeout_s},
-        "recorder": {"enabled": False},
-        "operator": {"enabled": False},
-        "telemetry": {"metrics_port": 0},
-        "policy": {"bundle": str(bundle_dir), "precision": precision, "num_samples": 4},
-    }
-    for section, values in extra.items():
-        overrides.setdefault(section, {}).update(values)
-    settings = load_settings(None, **overrides)
-    shapes: list[tuple[int, ...]] = []
-    thread.start()
-    try:
-        with Daemon(settings) as daemon:
-            assert daemon.wait_for_controller(20.0), "no controller handshake"
-            assert daemon.wait_for_camera(20.0), "no camera frame"
-            daemon.executor.observers.append(_ShapeObserver(shapes))
-            report = daemon.executor.run_step(0, instruction, threading.Event())
-            counters = daemon.executor.scheduler.counters
-            accepted, sent, latencies = counters.chunks_accepted, counters.actions_sent, list(counters.latencies_ms)
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        robot.close()
-    return BundleRun(report, robot.executed(), accepted, sent, shapes, latencies)
-
-
-class _ShapeObserver:
-    def __init__(self, shapes: list) -> None:
-        self.shapes = shapes
-
-    def on_tick(self, *args: object) -> None: ...
-
-    def on_step_end(self, *args: object) -> None: ...
-
-    def on_chunk(self, planned) -> None:  # noqa: ANN001
-        self.shapes.append(tuple(planned.samples.actions.shape))
 
 
 def _with_thresholds(directory: Path, thresholds: dict[str, float]) -> Path:
