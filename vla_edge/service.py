@@ -336,6 +336,8 @@ class Daemon:
         camera_status = getattr(self, "camera", None)
         state = {
             "bundle": self.bundle.manifest.name if self.bundle else None,
+            # random weights of a real architecture (tests, benchmarks): said wherever the bundle is shown
+            "bundle_random_weights": bool(self.policy.manifest.policy.random_weights) if self.policy else None,
             "precision": self.settings.policy.precision,
             "camera": str(camera_status.status.value) if camera_status else "unknown",
             "controller_alive": bool(self.stream and self.stream.controller_alive()),
