@@ -607,8 +607,10 @@ class PolicyRunner:
         num_samples: int,
         prefix: np.ndarray | None = None,
         noise: np.ndarray | SamplerNoise | None = None,
+        clip: bool = True,
     ) -> ChunkSamples:
-        """K chunks (K×H×A, physical units, clipped to the action limits) with the bundle's sampler.
+        """K chunks (K×H×A, physical units, clipped to the action limits unless ``clip`` is False: parity checks
+        compare the policy's own output) with the bundle's sampler.
 
         ``prefix`` (d×A, d < H, physical units) = actions already committed: flow and diffusion samplers inpaint
         them at every step so the chunk continues them; single_pass copies them over the chunk's start. ``noise``
@@ -675,7 +677,9 @@ class PolicyRunner:
             if d:
                 x[window] = prefix_norm
         chunk = x[:, s0 : s0 + self._horizon, :a]
-        actions = np.clip(chunk * self._action_scale + self._action_offset, self._limit_low, self._limit_high)
+        actions = chunk * self._action_scale + self._action_offset
+        if clip:
+            actions = np.clip(actions, self._limit_low, self._limit_high)
         denoise_ms = (time.perf_counter() - start) * 1e3
         timings = dict(encoded.timings_ms)
         timings["denoise"] = denoise_ms

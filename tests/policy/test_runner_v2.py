@@ -268,3 +268,20 @@ def test_encoder_in_pieces_with_external_data(tmp_path: Path) -> None:
     data.write_bytes(bytes(raw))
     with pytest.raises(BundleError, match="layers.onnx.data"):
         PolicyRunner(load_bundle(pieces_dir, verify="structure"), "fp32", intra_op_threads=1)
+
+
+def test_unclipped_output_for_parity(tmp_path: Path) -> None:
+    """clip=False returns the policy's own denormalised output (parity with LeRobot, which does not clip)."""
+    import json
+
+    directory = tiny.build_single_pass_bundle(tmp_path / "act")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["action_space"].update(low=[-2.0] * 3, high=[2.0] * 3)  # narrower than what the policy can output
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    runner = PolicyRunner(load_bundle(directory), "fp32", intra_op_threads=1)
+    runner.set_instruction("go")
+    encoded = runner.encode(_frame(6, 6, 1), np.array([40.0, 40.0], np.float32))  # far out: the chunk saturates
+    raw = runner.sample(encoded, 1, clip=False).actions
+    clipped = runner.sample(encoded, 1).actions
+    assert raw.max() > 2.5 and clipped.max() == pytest.approx(2.0)
+    np.testing.assert_allclose(np.clip(raw, -2.0, 2.0), clipped)
