@@ -152,10 +152,11 @@ class BundleRun:
 
 
 def run_bundle_step(bundle_dir: Path, tmp_path: Path, instruction: str, precision: str = "fp32",
-                    step_timeout_s: float = 60.0, **extra: dict) -> BundleRun:
+                    step_timeout_s: float = 60.0, teleop: list | None = None, **extra: dict) -> BundleRun:
     """One task step of ``bundle_dir`` on the generic arm, through the whole daemon (real sockets, real ONNX
-    Runtime, the controller client, a camera stream per view). ``extra``: config sections to override. Returns what
-    was actuated, the chunks' shapes and latencies, and the step's report."""
+    Runtime, the controller client, a camera stream per view). ``teleop``: instead of the policy, an operator's take-
+    over sends these `TeleopCommand`s (0.2 s apart; the last should say done). ``extra``: config sections to
+    override. Returns what was actuated, the chunks' shapes and latencies, and the step's report."""
     from vla_edge.policy import manifest_v2
     from vla_edge.service import Daemon
 
@@ -192,7 +193,10 @@ def run_bundle_step(bundle_dir: Path, tmp_path: Path, instruction: str, precisio
             assert daemon.wait_for_controller(20.0), "no controller handshake"
             assert daemon.wait_for_camera(20.0), "no camera frame"
             daemon.executor.observers.append(_ShapeObserver(shapes))
-            report = daemon.executor.run_step(0, instruction, threading.Event())
+            if teleop is None:
+                report = daemon.executor.run_step(0, instruction, threading.Event())
+            else:
+                report = _take_over(daemon, robot, instruction, teleop)
             counters = daemon.executor.scheduler.counters
             accepted, sent, latencies = counters.chunks_accepted, counters.actions_sent, list(counters.latencies_ms)
     finally:
@@ -200,6 +204,24 @@ def run_bundle_step(bundle_dir: Path, tmp_path: Path, instruction: str, precisio
         thread.join(timeout=5)
         robot.close()
     return BundleRun(report, robot.executed(), accepted, sent, shapes, latencies)
+
+
+def _take_over(daemon, robot: GenericSimRobot, instruction: str, commands: list):  # noqa: ANN001, ANN202
+    from vla_edge.operator.escalation import TeleopChannel
+
+    channel = TeleopChannel()
+    channel.begin(0)
+
+    def operator() -> None:
+        deadline = time.monotonic() + 20
+        while not robot.executed() and time.monotonic() < deadline:  # the take-over holds the arm where it is
+            time.sleep(0.02)
+        for command in commands:
+            channel.put(command)
+            time.sleep(0.2)
+
+    threading.Thread(target=operator, daemon=True).start()
+    return daemon.executor.teleoperate(0, instruction, channel, threading.Event())
 
 
 class _ShapeObserver:

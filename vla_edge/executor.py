@@ -399,7 +399,7 @@ class PolicyStepExecutor:
                 position = None
             if position is None and controller is not None:
                 measured = np.asarray(controller.actual, dtype=np.float64)
-                position = np.clip(measured[:2], 0.0, 1.0)
+                position = np.clip(measured[:2], *self._teleop_range())
                 if measured.shape[0] > GRIP_INDEX:
                     grip = float(measured[GRIP_INDEX])
                 if self.settings.layout is not None:
@@ -417,7 +417,7 @@ class PolicyStepExecutor:
                 self._after_tick(decision, lateness, None, instruction, intervention=True)
             else:
                 if move is not None:
-                    position = np.clip(position + [move.dx, move.dy], 0.0, 1.0)
+                    position = np.clip(position + [move.dx, move.dy], *self._teleop_range())
                 done = commands.done
                 if self.settings.layout is None:
                     action = np.array([position[0], position[1], grip, 1.0 if done else 0.0], dtype=np.float32)
@@ -438,6 +438,13 @@ class PolicyStepExecutor:
                        f"({'controller lost' if controller is None else 'last hold: ' + controller.hold_reason})")
                 return self._end(StepReport("stalled", self.latest_frame(), {}, why, ticks), "stalled")
         return self._end(StepReport("stopped", self.latest_frame(), {}, "stop requested", ticks), "stopped")
+
+    def _teleop_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """The range of the two dimensions the console's axes move: the bundle's action limits (the reference's
+        workspace is [0, 1])."""
+        if self.settings.layout is None or self._action_low is None or self._action_high is None:
+            return np.zeros(2), np.ones(2)
+        return self._action_low[:2].astype(np.float64), self._action_high[:2].astype(np.float64)
 
     def _teleop_base(self, measured: np.ndarray) -> np.ndarray:
         """Where a take-over starts in the bundle's action space (vla_edge.step_end.ActionLayout.initial_action)."""

@@ -79,3 +79,19 @@ def test_single_pass_bundle_ends_on_its_success_detector(tmp_path: Path) -> None
     assert "success detector" in run.report.reason or "chunk(s) executed" in run.report.reason
     assert run.chunk_shapes and all(s == (1, tiny.ACT_H, tiny.ACT_A) for s in run.chunk_shapes)
     assert len(run.actuated) >= 1
+
+
+def test_take_over_in_the_bundles_action_space(tmp_path: Path) -> None:
+    """The operator's take-over on an arm that is not the reference's: the console's two axes move the first two
+    joints from where the arm is, the grip key sets the dimension named gripper, the rest holds; 'done' ends it."""
+    from vla_edge.operator.escalation import TeleopCommand
+
+    directory = tiny.build_flow_bundle(tmp_path / "flow")
+    commands = [TeleopCommand(dx=0.1), TeleopCommand(dx=0.1, dy=-0.05, grip=0.8), TeleopCommand(done=True)]
+    run = run_bundle_step(directory, tmp_path, "pick up the red cube", teleop=commands)
+    assert run.report.outcome == "done" and "operator" in run.report.reason, run.report
+    assert run.actuated and all(v.shape == (tiny.FLOW_A,) for v in run.actuated)
+    start, end = run.actuated[0], run.actuated[-1]
+    np.testing.assert_allclose(end[:2] - start[:2], [0.2, -0.05], atol=1e-5)  # joint values, not [0, 1] targets
+    assert end[2] == pytest.approx(0.8)
+    _assert_within_limits(run, directory)
