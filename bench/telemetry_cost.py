@@ -1,7 +1,8 @@
 """Cost per control tick of the daemon's observers: the metrics observer, and the Rerun logger when it is on.
 
 Two figures per variant: the time the tick's thread spends in the observer (what delays the tick), and the CPU
-time of the whole process per tick (Rerun encodes and writes on threads of its own). The observers are the daemon's own (``vla_edge.telemetry.observer.MetricsObserver``,
+time of the whole process per tick, closing included (the Rerun logger logs on a thread of its own, and Rerun
+encodes and writes on its own threads). The observers are the daemon's own (``vla_edge.telemetry.observer.MetricsObserver``,
 ``vla_edge.rerun_log.RerunLogger``), called with what the executor hands them at 10 Hz: every tick a decision,
 the frame (96×96 RGB), the measured state and the action sent; every ``--chunk-every`` ticks a planned chunk of
 K×H×A samples with its verdict. Rounds alternate between the variants so that both see the same machine load.
@@ -85,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def rerun_observer():
             path = Path(scratch.name) / f"bench-{time.monotonic_ns()}.rrd"
+            # A queue that holds the whole run: nothing is dropped, so the CPU figure covers logging every item.
             return RerunLogger.to_file(path, plane=ImagePlane(0, 1), action_names=("target_x", "target_y", "grip",
-                                                                                    "done"))
+                                                                                    "done"), queue_size=10 * args.ticks)
 
         variants["rerun"] = rerun_observer
     per_tick_us: dict[str, list[float]] = {name: [] for name in variants}

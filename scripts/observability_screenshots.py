@@ -152,7 +152,7 @@ def shoot_rerun(rrd: Path, tick: int, out: Path, work: Path) -> None:
                                "--port", str(free_port())], stdout=log, stderr=subprocess.STDOUT)
     files, data = serve_file(rrd)
     try:
-        url = f"http://127.0.0.1:{web}/?url={quote(data + f'#when=tick@{tick}', safe='')}"
+        url = f"http://127.0.0.1:{web}/?url={quote(data, safe='')}#when=tick@{tick}"
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 900})
@@ -176,12 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--keep", type=Path, default=None, help="also keep the run's .rrd here")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vla-edge-shots-") as tmp:
         work = Path(tmp)
         rrd, prometheus, started, ended = run_demo(work, args.seed, args.steps, args.out / "console_refused_plan.png")
         try:
+            if args.keep is not None:
+                shutil.copyfile(rrd, args.keep)
             tick = last_refusal_tick(rrd)
             print(f"refused chunk at tick {tick}")
             shoot_rerun(rrd, tick, args.out / "rerun_refused_chunk.png", work)

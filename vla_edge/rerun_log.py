@@ -8,7 +8,8 @@ what the controller did, why a chunk was refused, and what the operator answered
 =============================  =====================================================================================
 entity                         what
 =============================  =====================================================================================
-``camera``                     every distinct camera frame the control loop used (``Image``)
+``camera``                     every distinct camera frame the control loop used (``Image``; the first view, the
+                               one plans are drawn on); ``views/<name>`` the other views of a multi-view bundle
 ``camera/plan/samples``        the K sampled trajectories of each chunk, in image pixels (``LineStrips2D``), where
                                the action space maps onto the image (`vla_edge.plan_view`)
 ``camera/plan/chosen``         the chunk that is executed: green when accepted, red when refused
@@ -26,13 +27,17 @@ entity                         what
 =============================  =====================================================================================
 
 ``rerun-sdk`` is an optional extra (``pip install 'vla-edge[rerun]'``); nothing here is imported unless
-``--rerun`` is given. Logging never raises into the control loop: a failure is logged once and the logger
-turns itself off.
+``--rerun`` is given. The control thread only stamps each item (tick, time) and puts it on a bounded queue; a
+thread of the logger's own converts and logs it, so Rerun's cost never lands on the tick. A full queue drops the
+item and counts it (``dropped``), never blocks. Logging never raises into the control loop: a failure is logged
+once and the logger turns itself off.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -112,7 +117,7 @@ def default_blueprint(rr: Any) -> Any:
                                    name="measured position, holding, intervention"),
             ),
             column_shares=[1, 1]),
-        rrb.TimePanel(timeline="tick"),
+        rrb.TimePanel(timeline="tick", play_state="following"),  # live: the newest tick; a file: its end
         collapse_panels=True,
     )
 
@@ -125,7 +130,7 @@ class RerunLogger:
 
     def __init__(self, recording: Any, rr: Any, *, plane: ImagePlane | None = None,
                  action_names: Sequence[str] = (), state_names: Sequence[str] = (),
-                 controller: Callable[[], StateReport | None] | None = None) -> None:
+                 controller: Callable[[], StateReport | None] | None = None, queue_size: int = 512) -> None:
         self.rr = rr
         self.recording = recording
         self.plane = plane
@@ -142,8 +147,12 @@ class RerunLogger:
         self.chunks_logged = 0
         self.escalations_logged = 0
         self.ticks_logged = 0
+        self.dropped = 0  # items the tick could not hand over because the queue was full (never blocks)
         self._static_names(action_names, state_names)
         recording.send_blueprint(default_blueprint(rr))
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=queue_size)
+        self._worker = threading.Thread(target=self._drain, name="rerun-log", daemon=True)
+        self._worker.start()
 
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod
@@ -171,31 +180,69 @@ class RerunLogger:
         recording.connect_grpc(url)
         return cls(recording, rr, **kwargs)
 
-    def close(self) -> None:
-        """Flush and end the recording; later calls to the logger do nothing (closing twice is harmless)."""
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Log what is queued, flush and end the recording; later calls to the logger do nothing."""
         if self._closed:
             return
         self._closed = True
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            log.warning("Rerun logging did not keep up; closing without what is still queued")
+        self._worker.join(timeout=timeout_s)
+        if self.dropped:
+            log.warning("Rerun logging dropped %d items (its queue was full)", self.dropped)
         try:
             self.recording.flush()
             self.recording.disconnect()
         except Exception:  # closing must not fail the daemon's shutdown
             log.exception("closing the Rerun recording failed")
 
-    # -- observer ---------------------------------------------------------------------------------------------------
+    # -- observer: called on the control thread; hands over to the logging thread, never blocks -------------------
     def on_tick(self, decision: TickDecision, lateness_ns: int, sent: np.ndarray | None, frame: Frame | None,
                 state: np.ndarray | None, instruction: str, intervention: bool) -> None:
-        self._guard(self._log_tick, decision, sent, frame, state, intervention)
+        if self._closed or self._failed:
+            return
+        self._tick += 1
+        try:
+            report = self.controller() if self.controller is not None else None
+        except Exception:
+            report = None  # what the controller said is missing from this tick's log; the tick goes on
+        self._put(self._log_tick, decision.hold_reason, sent, frame, state, intervention, report)
 
     def on_chunk(self, planned: PlannedChunk) -> None:
-        self._guard(self._log_chunk, planned)
+        self._put(self._log_chunk, planned)
 
     def on_step_end(self, report: StepReport, instruction: str) -> None:
-        self._guard(self._log_text, "task/steps", f"{report.outcome}: {instruction}"
-                    + (f" ({report.reason})" if report.reason else ""), "INFO" if report.outcome == "done" else "WARN")
+        self._put(self._log_text, "task/steps", f"{report.outcome}: {instruction}"
+                  + (f" ({report.reason})" if report.reason else ""), "INFO" if report.outcome == "done" else "WARN")
 
     def on_task_event(self, event: TaskEvent) -> None:
-        self._guard(self._log_event, event)
+        self._put(self._log_event, event)
+
+    def _put(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._closed or self._failed:
+            return
+        try:  # stamped now: the item is logged later, at the tick and time it happened
+            self._queue.put_nowait((fn, self._tick, time.monotonic_ns(), args))
+        except queue.Full:
+            self.dropped += 1
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, tick, t_ns, args = item
+            if self._failed:
+                continue
+            try:
+                self.recording.set_time("tick", sequence=tick)
+                self.recording.set_time("time", duration=(t_ns - self._t0_ns) / 1e9)
+                fn(*args)
+            except Exception:
+                self._failed = True
+                log.exception("Rerun logging failed; it is off for the rest of this run")
 
     # -- what is logged ---------------------------------------------------------------------------------------------
     def _static_names(self, action_names: Sequence[str], state_names: Sequence[str]) -> None:
@@ -206,26 +253,23 @@ class RerunLogger:
         if state_names:
             rec.log("robot/state", rr.SeriesLines(names=list(state_names)), static=True)
 
-    def _stamp(self) -> None:
-        self.recording.set_time("tick", sequence=self._tick)
-        self.recording.set_time("time", duration=(time.monotonic_ns() - self._t0_ns) / 1e9)
-
-    def _log_tick(self, decision: TickDecision, sent: np.ndarray | None, frame: Frame | None,
-                  state: np.ndarray | None, intervention: bool) -> None:
+    def _log_tick(self, hold_reason: str | None, sent: np.ndarray | None, frame: Frame | None,
+                  state: np.ndarray | None, intervention: bool, report: StateReport | None) -> None:
         rr, rec = self.rr, self.recording
-        self._tick += 1
-        self._stamp()
         self.ticks_logged += 1
         if frame is not None and frame.seq != self._last_frame_seq:
             self._last_frame_seq = frame.seq
             rec.log(ENTITY_FRAMES, rr.Image(frame.image))
+            if frame.views is not None and len(frame.views) > 1:  # multi-view bundles: the other views beside
+                for name, image in frame.views.items():
+                    if image is not frame.image:
+                        rec.log(f"views/{name}", rr.Image(image))
             self.frames_logged += 1
         if state is not None:
             rec.log("robot/state", rr.Scalars(np.asarray(state, dtype=np.float64)))
         if sent is not None:
             rec.log(ENTITY_SENT, rr.Scalars(np.asarray(sent, dtype=np.float64)))
         rec.log("robot/intervention", rr.Scalars(1.0 if intervention else 0.0))
-        report = self.controller() if self.controller is not None else None
         if report is not None:
             if report.applied:  # wire v2: the command as the controller actuated it, after its filter
                 rec.log("robot/action_reported", rr.Scalars(np.asarray(report.applied, dtype=np.float64)))
@@ -236,7 +280,7 @@ class RerunLogger:
                 self._last_rejected = rejected
                 rec.log("robot/controller_rejected", rr.TextLog(
                     f"controller refused command {rejected}: {report.rejected_reason}", level="WARN"))
-        reason = decision.hold_reason if sent is None and not intervention else None
+        reason = hold_reason if sent is None and not intervention else None
         if reason != self._last_hold_reason:
             self._last_hold_reason = reason
             rec.log("robot/hold_reason", rr.TextLog(f"hold: {reason}" if reason else "moving",
@@ -244,7 +288,6 @@ class RerunLogger:
 
     def _log_chunk(self, planned: PlannedChunk) -> None:
         rr, rec = self.rr, self.recording
-        self._stamp()
         verdict = planned.verdict
         if self.plane is not None:
             height, width = planned.request.observation.image.shape[:2]  # the frame the chunk was planned on
@@ -270,7 +313,6 @@ class RerunLogger:
 
     def _log_event(self, event: TaskEvent) -> None:
         d = event.detail
-        self._stamp()
         if event.kind == "escalated":
             self._log_text(ENTITY_ESCALATIONS, f"{d.get('escalation_kind')} at step {event.step_index}: "
                            f"{d.get('reason', '')}", "WARN")
@@ -284,14 +326,4 @@ class RerunLogger:
             self._log_text("task/steps", f"step {event.step_index}: {d.get('instruction')}", "INFO")
 
     def _log_text(self, entity: str, text: str, level: str) -> None:
-        self._stamp()
         self.recording.log(entity, self.rr.TextLog(text, level=level))
-
-    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._failed or self._closed:
-            return
-        try:
-            fn(*args)
-        except Exception:
-            self._failed = True
-            log.exception("Rerun logging failed; it is off for the rest of this run")

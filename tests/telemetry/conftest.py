@@ -72,13 +72,13 @@ def demo_run(tmp_path_factory):
                     wait_for(lambda: (prometheus.scalar(last_scrape) or 0) > ended + 2.5, 30,
                              "two scrapes after the task ended")
                     prometheus.at = prometheus.scalar(last_scrape)  # every query is asked at that scrape
-                rerun_counts = {}
-                if daemon.rerun is not None:
-                    logger = daemon.rerun
-                    rerun_counts = {"frames": logger.frames_logged, "chunks": logger.chunks_logged,
-                                    "escalations": logger.escalations_logged, "ticks": logger.ticks_logged}
                 run = DemoRun(result, judge, daemon.executor.scheduler.counters, daemon.metrics,
-                              dict(daemon.executor.monitor.thresholds), rrd, rerun_counts, prometheus)
+                              dict(daemon.executor.monitor.thresholds), rrd, {}, prometheus)
+                logger = daemon.rerun
+            if logger is not None:  # closed with the daemon: everything queued has been logged
+                run.rerun_counts = {"frames": logger.frames_logged, "chunks": logger.chunks_logged,
+                                    "escalations": logger.escalations_logged, "ticks": logger.ticks_logged,
+                                    "dropped": logger.dropped}
             yield run  # the daemon is closed (the .rrd flushed); Prometheus keeps its data for the queries
         finally:
             sim.close()

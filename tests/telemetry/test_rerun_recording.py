@@ -40,7 +40,8 @@ def test_frames_chunks_and_escalations_equal_the_daemons_counters(recording):
     assert warn["/chunks/verdict"] == run.counters.chunks_rejected
     assert rows["/camera"] == run.metrics.registry.get_sample_value("vla_edge_frames_total") > 10
     assert rows["/task/escalations"] == run.result.counters.get("escalations", 0) >= 1
-    # What the logger believed it wrote is what the file holds.
+    # What the logger believed it wrote is what the file holds, and it dropped nothing.
+    assert run.rerun_counts.pop("dropped") == 0
     assert run.rerun_counts == {"frames": rows["/camera"], "chunks": chunks,
                                 "escalations": rows["/task/escalations"], "ticks": rows["/robot/intervention"]}
 
