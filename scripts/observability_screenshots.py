@@ -139,7 +139,7 @@ def serve_file(path: Path) -> tuple[object, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
 
 
-def shoot_rerun(rrd: Path, tick: int, out: Path, work: Path) -> None:
+def shoot_rerun(rrd: Path, tick: int, out: Path, work: Path, wait_s: float = 60.0) -> None:
     """Rerun's web viewer (``rerun --serve-web``, offline) opening the recording, in headless Chromium."""
     from playwright.sync_api import sync_playwright
 
@@ -162,7 +162,7 @@ def shoot_rerun(rrd: Path, tick: int, out: Path, work: Path) -> None:
                     break
                 except Exception:
                     time.sleep(0.5)
-            page.wait_for_timeout(25000)  # wasm start-up, loading, the software rasteriser
+            page.wait_for_timeout(wait_s * 1000)  # wasm start-up, loading the file, the software rasteriser
             page.screenshot(path=str(out), timeout=240000)
             browser.close()
     finally:
@@ -177,8 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--keep", type=Path, default=None, help="also keep the run's .rrd here")
+    parser.add_argument("--rrd", type=Path, default=None, help="only the Rerun picture, of this recording")
+    parser.add_argument("--wait", type=float, default=60.0, help="seconds the web viewer gets to load and draw")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.rrd is not None:
+        with tempfile.TemporaryDirectory(prefix="vla-edge-shots-") as tmp:
+            shoot_rerun(args.rrd, last_refusal_tick(args.rrd), args.out / "rerun_refused_chunk.png", Path(tmp),
+                        args.wait)
+        return 0
     with tempfile.TemporaryDirectory(prefix="vla-edge-shots-") as tmp:
         work = Path(tmp)
         rrd, prometheus, started, ended = run_demo(work, args.seed, args.steps, args.out / "console_refused_plan.png")
@@ -187,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copyfile(rrd, args.keep)
             tick = last_refusal_tick(rrd)
             print(f"refused chunk at tick {tick}")
-            shoot_rerun(rrd, tick, args.out / "rerun_refused_chunk.png", work)
+            shoot_rerun(rrd, tick, args.out / "rerun_refused_chunk.png", work, args.wait)
             from scripts.dashboard_preview import main as preview
 
             preview(["--prometheus", prometheus.url, "--minutes", f"{(ended - started) / 60 + 0.2:.2f}",

@@ -210,6 +210,7 @@ class Daemon:
         self.metrics.attach_health(HealthSampler(s.telemetry.health_interval_s))
 
         self.console_model.set_links(self._links())
+        self.console_model.set_camera_status(lambda: str(camera.status.value))
         if s.operator.enabled:
             self.console_model.set_frame_provider(lambda: self.executor.latest_frame() if self.executor else None)
             with _binding("operator console", s.operator.host, s.operator.port, "operator.port"):
@@ -354,5 +355,4 @@ class Daemon:
                 "controller": dict(report.counters) if report is not None else {},
                 "link_round_trip_ms": None if round_trip is None else round_trip / 1e6,
             }
-        self.console_model.set_camera_status(state["camera"])
         return state

@@ -73,3 +73,10 @@ def test_without_an_image_plane_only_the_verdict_is_shown():
     ConsoleObserver(model, None).on_chunk(planned(np.zeros((4, 8, 4), np.float32), passed=True))
     state = model.state()
     assert state.plan is None and len(state.confidence) == 1
+
+
+def test_camera_state_is_read_when_the_page_asks():
+    model = ConsoleModel(EscalationQueue(), TeleopChannel())
+    states = iter(["live", "stalled"])
+    model.set_camera_status(lambda: next(states))
+    assert model.state().camera == "live" and model.state().camera == "stalled"

@@ -198,7 +198,7 @@ class ConsoleModel:
         self._status: RunStatus = "idle"
         self._confidence: deque[ConfidencePoint] = deque(maxlen=confidence_window)
         self._events: deque[EventView] = deque(maxlen=event_window)
-        self._camera = "unknown"
+        self._camera: str | Callable[[], str] = "unknown"
         self._remote = "not configured"
         self._plan: PlanView | None = None
         self._links = ConsoleLinks()
@@ -218,7 +218,8 @@ class ConsoleModel:
         with self._lock:
             self._frame_provider = provider
 
-    def set_camera_status(self, text: str) -> None:
+    def set_camera_status(self, text: str | Callable[[], str]) -> None:
+        """The camera's state as text, or a function that tells it when the page asks."""
         with self._lock:
             self._camera = text
 
@@ -305,7 +306,7 @@ class ConsoleModel:
                 confidence=list(self._confidence),
                 plan=self._plan,
                 links=self._links,
-                camera=self._camera,
+                camera=self._camera() if callable(self._camera) else self._camera,
                 remote=self._remote,
                 open_escalations=len(self.escalations.open()),
                 escalation_revision=self.escalations.revision,
