@@ -1,20 +1,36 @@
 """The one configuration object: a TOML file plus ``VLA_EDGE_*`` environment overrides.
 
 Each stage owns one section. Environment variables use ``__`` between section and field, e.g.
-``VLA_EDGE_POLICY__PRECISION=int4`` or ``VLA_EDGE_OPERATOR__PORT=9000``; they win over the file.
+``VLA_EDGE_POLICY__PRECISION=int4`` or ``VLA_EDGE_OPERATOR__PORT=9000``; they win over the file. List settings take
+a comma list (``VLA_EDGE_POLICY__PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider``) or a JSON list; switches
+take ``true`` or ``false`` only (in the file: TOML booleans, never ``"off"`` or ``0``). A ``VLA_EDGE_X__Y`` whose
+section or setting does not exist is an error, never silently ignored. Names without ``__`` are not settings
+(tools use them, e.g. ``VLA_EDGE_TRITON_PYTHON``).
+
+Settings that make no sense together (a controller that would go stale between two commands, a stale limit
+under two heartbeats) are refused here, before anything starts. The checks that need the file system or the
+bundle live in ``vla_edge.preflight`` and run both at daemon start and in ``vla-edge config check``.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, ValidationError, model_validator
 
 from vla_edge.errors import ConfigError
 from vla_edge.paths import REFERENCE_BUNDLE_DIR
+
+ENV_PREFIX = "VLA_EDGE_"
+ENV_DELIMITER = "__"
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONTROL_RATE_HZ = 1000.0  # the tick is a Python thread: above this it cannot keep its period
+MIN_CONTROL_RATE_HZ = 1.0  # below this one action lasts longer than any stale limit makes sense for
 
 
 class Section(BaseModel):
@@ -48,7 +64,7 @@ class CameraSettings(Section):
     height: int | None = Field(None, gt=0)
     max_frame_age_ms: float = Field(250.0, gt=0, description="A frame older than this is never used.")
     stall_timeout_ms: float = Field(1000.0, gt=0, description="No new frame for this long: camera stalled, hold.")
-    loop_file: bool = Field(False, description="Restart a video file at its end instead of reporting end of stream.")
+    loop_file: StrictBool = Field(False, description="Restart a video file at its end instead of reporting end of stream.")
     reopen_backoff_max_ms: float = Field(
         2000.0, gt=0, description="A lost device or URL is reopened with doubling waits up to this long."
     )
@@ -78,12 +94,15 @@ class PolicySettings(Section):
     )
     num_samples: int = Field(8, ge=1, le=64, description="K: chunks sampled at once for the confidence spread.")
     seed: int = 0
-    require_signature: bool = Field(False, description="Refuse a bundle without a valid signature.")
+    require_signature: StrictBool = Field(False, description="Refuse a bundle without a valid signature.")
     trusted_keys: list[Path] = Field(default_factory=list, description="ed25519 public keys allowed to sign bundles.")
 
 
 class SchedulerSettings(Section):
-    control_rate_hz: float | None = Field(None, gt=0, description="Defaults to the bundle's control rate.")
+    control_rate_hz: float | None = Field(
+        None, ge=MIN_CONTROL_RATE_HZ, le=MAX_CONTROL_RATE_HZ,
+        description="Defaults to the bundle's control rate (which must then lie in the same bounds).",
+    )
     replan_when_remaining: int = Field(4, ge=1, description="Request the next chunk when this few actions remain.")
     boundary: Literal["none", "freeze", "blend"] = Field(
         "none",
@@ -91,7 +110,7 @@ class SchedulerSettings(Section):
         "(condition the new chunk on the actions committed during inference) or blend (cross-fade).",
     )
     blend_steps: int = Field(3, ge=1)
-    plan_ahead: bool = Field(
+    plan_ahead: StrictBool = Field(
         True,
         description="Request the next chunk half a tick after an action is sent, from the frame that shows it, for "
         "a chunk starting at the next tick, so the chunk's first action runs (as in the loop the policy was "
@@ -112,7 +131,7 @@ class SchedulerSettings(Section):
 
 
 class ConfidenceSettings(Section):
-    enabled: bool = True
+    enabled: StrictBool = Field(True, description="Confidence checks on every chunk; false actuates every chunk.")
     thresholds_file: Path | None = Field(None, description="Calibrated thresholds; defaults to the bundle's.")
 
 
@@ -139,13 +158,13 @@ class StreamSettings(Section):
     heartbeat_ms: float = Field(100.0, gt=0)
     stale_after_ms: float = Field(300.0, gt=0, description="Controller holds when no valid command for this long.")
     command_ttl_ms: float = Field(150.0, gt=0, description="A command's deadline is its due time plus this.")
-    curve: bool = Field(True, description="CURVE encryption and authentication; off only in the demo.")
+    curve: StrictBool = Field(True, description="CURVE encryption and authentication; off only in the demo.")
     keys_dir: Path = Field(Path("/etc/vla-edge/keys"), description="Made by `vla-edge keys generate`.")
 
 
 class TaskSettings(Section):
     checkpoint_every: int = Field(4, ge=3, le=5, description="Steps between checkpoints.")
-    verify_at_checkpoint: bool = False
+    verify_at_checkpoint: StrictBool = False
     state_dir: Path = Field(Path("/var/lib/vla-edge/state"))
     step_timeout_s: float = Field(12.0, gt=0, description="A step that has not finished by then is stalled.")
     keep_checkpoints: int = Field(5, ge=2, description="Checkpoint files kept per task (older ones are removed).")
@@ -158,7 +177,7 @@ class TaskSettings(Section):
 
 
 class OperatorSettings(Section):
-    enabled: bool = True
+    enabled: StrictBool = True
     host: str = "127.0.0.1"
     port: int = Field(8780, ge=0, le=65535)
     token: SecretStr | None = Field(None, description="Required when host is not a loopback address.")
@@ -166,7 +185,7 @@ class OperatorSettings(Section):
 
 
 class RecorderSettings(Section):
-    enabled: bool = True
+    enabled: StrictBool = True
     dataset_dir: Path = Field(Path("/var/lib/vla-edge/dataset"))
     fps: int = Field(10, gt=0)
     video_codec: Literal["libx264", "libsvtav1"] = Field("libx264", description="Encoder of the episode videos.")
@@ -188,7 +207,7 @@ class TelemetrySettings(Section):
 class RemoteSettings(Section):
     """The remote policy tier: a larger policy on a Triton server, asked only when the local verdict fails."""
 
-    enabled: bool = False
+    enabled: StrictBool = False
     url: str = Field("127.0.0.1:8001", description="Triton gRPC address (host:port) of `vla-edge remote serve`.")
     model_name: str = "vla_remote"
     deadline_ms: float = Field(
@@ -202,12 +221,10 @@ class RemoteSettings(Section):
     )
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Everything the daemon needs, in one validated object."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="VLA_EDGE_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
-    )
+    model_config = ConfigDict(extra="forbid")
 
     camera: CameraSettings = Field(default_factory=CameraSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
@@ -221,17 +238,131 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     remote: RemoteSettings = Field(default_factory=RemoteSettings)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file arrives as init values; the environment overrides it.
-        return (env_settings, init_settings)
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        problems = cross_field_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def cross_field_problems(settings: Settings, control_rate_hz: float | None = None) -> list[str]:
+    """Settings that are each valid but make no sense together. ``control_rate_hz``: the rate that will run
+    (the bundle's when ``scheduler.control_rate_hz`` is unset; ``preflight`` passes it once the bundle is read)."""
+    s = settings
+    problems = []
+    if s.stream.stale_after_ms < 2 * s.stream.heartbeat_ms:
+        problems.append(f"stream.stale_after_ms ({s.stream.stale_after_ms:g}) must be at least twice "
+                        f"stream.heartbeat_ms ({s.stream.heartbeat_ms:g}): one late heartbeat must not make the "
+                        "controller hold")
+    rate = control_rate_hz if control_rate_hz is not None else s.scheduler.control_rate_hz
+    if rate is not None:
+        if not MIN_CONTROL_RATE_HZ <= rate <= MAX_CONTROL_RATE_HZ:
+            problems.append(f"the control rate {rate:g} Hz is outside {MIN_CONTROL_RATE_HZ:g}..{MAX_CONTROL_RATE_HZ:g} Hz")
+        elif 1000.0 / rate >= s.stream.stale_after_ms:
+            problems.append(f"a control period of {1000.0 / rate:g} ms (control rate {rate:g} Hz) is not shorter than "
+                            f"stream.stale_after_ms ({s.stream.stale_after_ms:g}): the controller would hold between "
+                            "two commands")
+    if s.recorder.enabled and ((s.camera.width or 0) % 2 or (s.camera.height or 0) % 2):
+        problems.append(f"recorder.enabled needs an even camera.width and camera.height (yuv420p video), got "
+                        f"{s.camera.width}x{s.camera.height}")
+    if s.remote.backoff_initial_ms > s.remote.backoff_max_ms:
+        problems.append(f"remote.backoff_initial_ms ({s.remote.backoff_initial_ms:g}) is above remote.backoff_max_ms "
+                        f"({s.remote.backoff_max_ms:g})")
+    if s.camera.stall_timeout_ms < s.camera.max_frame_age_ms:
+        problems.append(f"camera.stall_timeout_ms ({s.camera.stall_timeout_ms:g}) is below camera.max_frame_age_ms "
+                        f"({s.camera.max_frame_age_ms:g}): a camera would count as stalled while its frame is usable")
+    return problems
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation for name, field in Settings.model_fields.items()  # type: ignore[misc]
+}
+
+
+def _is_list(annotation: Any) -> bool:
+    if get_origin(annotation) is list:
+        return True
+    return any(get_origin(arg) is list for arg in get_args(annotation))
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool or (bool in get_args(annotation) and all(a in (bool, type(None)) for a in get_args(annotation)))
+
+
+def _env_value(annotation: Any, raw: str) -> Any:
+    """An environment string as the value the setting's type takes: switches only true/false, lists from a comma
+    list or a JSON list; everything else as the string (pydantic converts it, or names the field it cannot)."""
+    text = raw.strip()
+    if _is_bool(annotation):
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise ValueError(f"{raw!r} is not a switch value: use true or false")
+    if _is_list(annotation):
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"{raw!r} starts like a JSON list but is not one ({exc}); or give a comma list: a,b") from None
+            if not isinstance(value, list):
+                raise ValueError(f"{raw!r} is not a list")
+            return value
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return raw
+
+
+def _env_target(model: type[BaseModel], path: list[str], where: str) -> tuple[Any, str]:
+    """The annotation a ``VLA_EDGE_SECTION__A__B`` path ends at: fields of models, keys of dicts of models
+    (``VLA_EDGE_CAMERA__VIEWS__TOP__SOURCE``). Raises ValueError naming the first part that does not exist."""
+    annotation: Any = model
+    for i, part in enumerate(path):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            info = annotation.model_fields.get(part)
+            if info is None:
+                raise ValueError(f"{where} has no setting {part!r} (settings: {', '.join(annotation.model_fields)})")
+            annotation = info.annotation
+        elif get_origin(annotation) is dict and i < len(path):
+            annotation = get_args(annotation)[1]  # a key of a dict: any name, its value's type
+        else:
+            raise ValueError(f"{where} is a single value; {'__'.join(path[i:]).upper()} goes too deep")
+        where = f"{where}.{part}"
+    if not path:
+        raise ValueError("name a setting: VLA_EDGE_<SECTION>__<SETTING>")
+    return annotation, where
+
+
+def environment_overrides(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """``VLA_EDGE_<SECTION>__<FIELD>=value`` → ``{section: {field: value}}``. Raises ConfigError naming every
+    variable whose section or setting does not exist, or whose value a switch or list cannot take.
+
+    Hand-written rather than pydantic-settings' environment source: that source ignores an unknown section under
+    a nested delimiter, JSON-decodes list settings (a plain ``CPUExecutionProvider`` was a traceback) and takes
+    ``"off"`` and ``0`` for booleans; these lines do what the docs promise instead.
+    """
+    environ = os.environ if environ is None else environ
+    out: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or ENV_DELIMITER not in name[len(ENV_PREFIX):]:
+            continue
+        section, *path = [part.lower() for part in name[len(ENV_PREFIX):].split(ENV_DELIMITER)]
+        model = SECTIONS.get(section)
+        if model is None:
+            problems.append(f"{name}: there is no section {section!r} (sections: {', '.join(SECTIONS)})")
+            continue
+        try:
+            annotation, where = _env_target(model, path, section)
+            value = _env_value(annotation, environ[name])
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        node = out.setdefault(section, {})
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    if problems:
+        raise ConfigError("invalid environment overrides:\n  " + "\n  ".join(problems))
+    return out
 
 
 def _format_validation_error(error: ValidationError, origin: str) -> str:
@@ -239,9 +370,38 @@ def _format_validation_error(error: ValidationError, origin: str) -> str:
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         got = item.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {where}: {item['msg']}{shown}")
+        shown = "" if isinstance(got, (dict, Settings)) or where == "(top level)" else f" (got {got!r})"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "bool_type":
+            message += " (true or false)"
+        lines.append(f"  {where}: {message}{shown}")
     return "\n".join(lines)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML file as a dict. Raises ConfigError (one line) for anything that keeps it from being read."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give the path of a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; is it the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
@@ -250,16 +410,15 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     origin = "defaults + environment"
     if path is not None:
         origin = f"{path} + environment"
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    for section, values in overrides.items():
-        merged = dict(data.get(section, {}))
-        merged.update(values)
-        data[section] = merged
+        data = read_config_file(path)
+    layers = [overrides, environment_overrides()]
+    for layer in layers:
+        for section, values in layer.items():
+            current = data.get(section, {})
+            if not isinstance(current, dict) or not isinstance(values, dict):
+                data[section] = values
+                continue
+            data[section] = {**current, **values}
     try:
         return Settings(**data)
     except ValidationError as exc:

@@ -22,7 +22,8 @@ from vla_edge.camera import CameraStatus, open_cameras
 from vla_edge.checkpoint import CheckpointStore
 from vla_edge.confidence import DEFAULT_THRESHOLDS, ActionBounds, ConfidenceMonitor, EmbeddingStats
 from vla_edge.config import Settings
-from vla_edge.errors import BundleError, VlaEdgeError
+from vla_edge import preflight
+from vla_edge.errors import BundleError, ConfigError, VlaEdgeError
 from vla_edge.executor import ExecutorSettings, PolicyStepExecutor, TickObserver
 from vla_edge.operator.console import ConsoleLinks, ConsoleModel, OperatorConsole
 from vla_edge.operator.observer import ConsoleObserver
@@ -185,7 +186,11 @@ class Daemon:
 
     def _start(self) -> None:
         s = self.settings
+        preflight.check(s)  # every configuration check, before anything is opened (also `vla-edge config check`)
         self.bundle = open_bundle(s)
+        found = preflight.bundle_problems(s, self.bundle)
+        if found:
+            raise ConfigError("; ".join(found))
         self.policy, monitor = open_policy(self.bundle, s)
         manifest = self.policy.manifest  # schema 2 (a schema-1 bundle upgraded in memory)
         if manifest.policy.random_weights:

@@ -54,7 +54,7 @@ if [ ! -f "$SITE/.done" ]; then
   $SUDO "$HOST_PY" -m pip install -q --target "$SITE" --platform manylinux2014_aarch64 \
     --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
     --python-version 3.11 --implementation cp --abi cp311 --only-binary=:all: \
-    "$ORT_SPEC" "numpy>=1.24" "pydantic>=2.6" "pydantic-settings>=2.3" "psutil>=5.9" "rich>=13" \
+    "$ORT_SPEC" "numpy>=1.24" "pydantic>=2.6" "psutil>=5.9" "rich>=13" \
     "cryptography>=42" "pyzmq>=25" "msgpack>=1.0" onnx prometheus-client pytest pytest-timeout
   $SUDO touch "$SITE/.done"
 fi

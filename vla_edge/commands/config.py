@@ -8,14 +8,22 @@ from pathlib import Path
 from pydantic import BaseModel, SecretStr
 
 from vla_edge.config import Settings, load_settings
+from vla_edge.errors import ConfigError, VlaEdgeError
 from vla_edge.paths import REPO_ROOT
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("config", help="check a config file; print the settings reference")
     actions = parser.add_subparsers(dest="config_action", metavar="ACTION", required=True)
-    check = actions.add_parser("check", help="validate a TOML file (plus VLA_EDGE_* environment overrides)")
+    check = actions.add_parser(
+        "check", help="run every check `vla-edge run` makes before it opens hardware",
+        description="Validate a TOML file plus VLA_EDGE_* environment overrides, then run every check the daemon "
+        "makes before it opens any hardware: camera device or file, stream encryption and keys, console token, "
+        "writable directories, the bundle (manifest, files, signature) and, in a child process, the start of the "
+        "configured variant (graph shapes, a warm-up inference). Every problem is listed; exit 2 if any.")
     check.add_argument("file", type=Path)
+    check.add_argument("--no-start", action="store_true",
+                       help="skip starting the policy variant (the sessions and warm-up; seconds to minutes)")
     check.set_defaults(func=_check)
     reference = actions.add_parser("reference", help="every setting with its default, as Markdown")
     reference.set_defaults(func=_reference)
@@ -24,8 +32,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from vla_edge import preflight
+    from vla_edge.bundle_check import check_in_child
+    from vla_edge.service import build_monitor, open_bundle
+
     settings = load_settings(args.file)
-    print(f"{args.file}: valid ({len(Settings.model_fields)} sections; bundle {settings.policy.bundle})")
+    found = preflight.problems(settings, inbox=True)
+    try:
+        bundle = open_bundle(settings)
+    except VlaEdgeError as exc:
+        found.append(str(exc))
+    else:
+        found += preflight.bundle_problems(settings, bundle)
+        try:
+            build_monitor(bundle, settings)
+        except VlaEdgeError as exc:
+            found.append(str(exc))
+        if not found and not args.no_start:
+            try:
+                check_in_child(bundle.path, settings.policy.precision, args.file)
+            except VlaEdgeError as exc:
+                found.append(str(exc))
+    if found:
+        raise ConfigError(f"{args.file}: " + preflight.report(found))
+    started = "" if args.no_start else f", {settings.policy.precision} variant starts"
+    print(f"{args.file}: valid ({len(Settings.model_fields)} sections; bundle {settings.policy.bundle}{started})")
     return 0
 
 

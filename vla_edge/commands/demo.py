@@ -50,24 +50,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from hil.harness import SimRobotProcess, SimulatedOperator, StepJudge
+    from hil.harness import SimPorts, SimRobotProcess, SimulatedOperator, StepJudge
     from vla_edge.service import Daemon
+
+    from vla_edge import preflight
 
     console = Console()
     if not 1 <= args.steps <= 100:
         raise VlaEdgeError(f"--steps must be between 1 and 100, got {args.steps}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = (args.out / f"demo-{stamp}").resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=run_dir / "daemon.log", level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     recording = importlib.util.find_spec("av") is not None and importlib.util.find_spec("pyarrow") is not None
 
     port = args.port if _port_free(args.port) else 0
     if port != args.port:
         console.print(f"[yellow]port {args.port} is busy; the operator console takes a free port[/]")
-    robot = SimRobotProcess(args.seed, log_path=run_dir / "sim_robot.log").start()
-    ports = robot.ports
+    ports = SimPorts.pick()
     overrides = {
         "camera": {"source": "sim", "sim_endpoint": ports.endpoint(ports.frames)},
         "stream": {"command_endpoint": ports.endpoint(ports.commands), "state_endpoint": ports.endpoint(ports.state),
@@ -79,13 +77,21 @@ def demo(args: argparse.Namespace) -> int:
     }
     if args.precision:
         overrides["policy"] = {"precision": args.precision}
+    # The whole configuration is checked before the simulated robot's process exists, so a bad config leaves
+    # no child behind; once it exists, the finally below always stops and reaps it.
     settings = load_settings(args.config, **overrides)
+    preflight.check(settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=run_dir / "daemon.log", level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
     install_stop_handlers(stop)
+    robot = SimRobotProcess(args.seed, ports=ports, log_path=run_dir / "sim_robot.log")
     sim = None
     operator = None
     daemon = None
     try:
+        robot.start()
         with console.status("starting the daemon and the simulated arm…"):
             daemon = Daemon(settings)
             daemon.start()
@@ -125,13 +131,15 @@ def demo(args: argparse.Namespace) -> int:
         _summary(console, result, judge, counters, elapsed, operator, run_dir if recording else None, rate)
         return 0 if result.status == "completed" else 1
     finally:
-        if operator is not None:
-            operator.stop()
-        if daemon is not None:
-            daemon.close()
-        if sim is not None:
-            sim.close()
-        robot.stop()
+        try:
+            if operator is not None:
+                operator.stop()
+            if daemon is not None:
+                daemon.close()
+            if sim is not None:
+                sim.close()
+        finally:
+            robot.stop()  # terminate, then kill after 5 s; waits either way, so no zombie and no orphan
 
 
 def _port_free(port: int) -> bool:

@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from vla_edge import preflight
 from vla_edge.config import load_settings
 from vla_edge.errors import VlaEdgeError
 from vla_edge.service import Daemon
@@ -60,6 +61,7 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, **rerun_overrides(args))
+    preflight.check(settings, inbox=args.task is None)
     configure_logging(settings.telemetry)
     spec = load_task(args.task) if args.task is not None else None
     stop = threading.Event()

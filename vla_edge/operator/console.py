@@ -392,19 +392,26 @@ def _validation_details(exc: ValidationError) -> list[dict[str, str]]:
     return [{"field": ".".join(map(str, e["loc"])) or "(body)", "problem": e["msg"]} for e in exc.errors()]
 
 
+def check_settings(settings: OperatorSettings) -> str | None:
+    """The console's rules on its settings (a token when reachable from other machines, long enough); returns the
+    token. Raises ConsoleConfigError. ``vla-edge config check`` runs this too (``vla_edge.preflight``)."""
+    token = settings.token.get_secret_value() if settings.token is not None else None
+    if require_token(settings.host) and not token:
+        raise ConsoleConfigError(
+            f"the operator console is bound to {settings.host}, which other machines can reach: set "
+            "operator.token (e.g. VLA_EDGE_OPERATOR__TOKEN=$(python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(24))')) or bind it to 127.0.0.1"
+        )
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ConsoleConfigError(f"operator.token is too short: use at least {MIN_TOKEN_CHARS} random characters")
+    return token
+
+
 class OperatorConsole:
     """The HTTP server around a ``ConsoleModel``. ``start()`` serves from a daemon thread; ``stop()`` ends it."""
 
     def __init__(self, model: ConsoleModel, settings: OperatorSettings) -> None:
-        token = settings.token.get_secret_value() if settings.token is not None else None
-        if require_token(settings.host) and not token:
-            raise ConsoleConfigError(
-                f"the operator console is bound to {settings.host}, which other machines can reach: set "
-                "operator.token (e.g. VLA_EDGE_OPERATOR__TOKEN=$(python3 -c 'import secrets; "
-                "print(secrets.token_urlsafe(24))')) or bind it to 127.0.0.1"
-            )
-        if token is not None and len(token) < MIN_TOKEN_CHARS:
-            raise ConsoleConfigError(f"operator.token is too short: use at least {MIN_TOKEN_CHARS} random characters")
+        token = check_settings(settings)
         self.model = model
         self.settings = settings
         self._token = token
