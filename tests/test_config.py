@@ -194,3 +194,13 @@ def test_demo_that_stops_on_a_config_error_leaves_no_simulated_robot(tmp_path: P
     for p in left:
         os.kill(p.pid, 9)  # clean up what a broken demo left, so one failure does not leak into other tests
     assert not left, "the demo left its simulated robot running"
+
+
+def test_nested_environment_settings_reach_camera_views(monkeypatch):
+    monkeypatch.setenv("VLA_EDGE_CAMERA__VIEWS__WRIST__SOURCE", "/dev/video2")
+    monkeypatch.setenv("VLA_EDGE_CAMERA__VIEWS__WRIST__CAPTURE_FPS", "30")
+    view = load_settings().camera.views["wrist"]
+    assert view.source == "/dev/video2" and view.capture_fps == 30
+    monkeypatch.setenv("VLA_EDGE_CAMERA__VIEWS__WRIST__SOURCEE", "0")
+    with pytest.raises(ConfigError, match="camera.views.wrist has no setting 'sourcee'"):
+        load_settings()
