@@ -139,7 +139,7 @@ def serve_file(path: Path) -> tuple[object, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
 
 
-def shoot_rerun(rrd: Path, tick: int, out: Path, work: Path, wait_s: float = 60.0) -> None:
+def shoot_rerun(rrd: Path, tick: int, out: Path, work: Path, wait_s: float = 240.0) -> None:
     """Rerun's web viewer (``rerun --serve-web``, offline) opening the recording, in headless Chromium."""
     from playwright.sync_api import sync_playwright
 
@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--keep", type=Path, default=None, help="also keep the run's .rrd here")
     parser.add_argument("--rrd", type=Path, default=None, help="only the Rerun picture, of this recording")
-    parser.add_argument("--wait", type=float, default=60.0, help="seconds the web viewer gets to load and draw")
+    parser.add_argument("--wait", type=float, default=240.0,
+                        help="seconds the web viewer gets to load and draw (software rendering is slow)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.rrd is not None:
