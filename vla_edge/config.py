@@ -73,7 +73,15 @@ class CameraSettings(Section):
     )
     capture_width: int | None = Field(None, gt=0, description="V4L2 capture width to ask for (before the resize).")
     capture_height: int | None = Field(None, gt=0, description="V4L2 capture height to ask for.")
-    capture_fps: float | None = Field(None, gt=0, description="V4L2 frame rate to ask for.")
+    capture_fps: float | None = Field(
+        None, gt=0, description="V4L2 frame rate to ask for; also the frame period bursts are judged against "
+        "(else measured from the stream).",
+    )
+    on_size_change: Literal["fail", "accept"] = Field(
+        "fail",
+        description="The source's native frame size changes mid-stream: fail (a camera fault: frames refused, the "
+        "arm holds, until the size is back) or accept (one warning, counted in size_changes).",
+    )
     views: dict[str, CameraViewSettings] = Field(
         default_factory=dict, description="One source per camera view the bundle names ([camera.views.<name>]); a "
         "single-view bundle may use camera.source instead, and so may a multi-view bundle's first view."

@@ -16,6 +16,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from vla_edge.bundle import Bundle, load_bundle
 from vla_edge.camera import CameraStatus, open_cameras
@@ -120,6 +122,24 @@ def load_thresholds(path: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in thresholds.items()}
 
 
+class CameraCollector(Collector):
+    """``vla_edge_camera_events_total{event=...}``: the camera's counters (frames, stale_rejected, size_changes,
+    burst_rejected, recoveries, ...; docs/camera.md) read when Prometheus scrapes."""
+
+    def __init__(self, camera) -> None:
+        self._camera = camera
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self):
+        family = CounterMetricFamily("vla_edge_camera_events", "Camera events by kind (docs/camera.md).",
+                                     labels=["event"])
+        for event, count in sorted(self._camera.counters().items()):
+            family.add_metric([event], float(count))
+        yield family
+
+
 @contextmanager
 def _binding(what: str, host: str, port: int, setting: str) -> Iterator[None]:
     """Turn a failed bind into a message that names the address and the setting to change."""
@@ -203,6 +223,7 @@ class Daemon:
         camera.start()
         self._stack.callback(camera.close)
         self.camera = camera
+        self.metrics.registry.register(CameraCollector(camera))
 
         self.stream = ActionStream(s.stream, manifest.action_dim)
         self.stream.start()

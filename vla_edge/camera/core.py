@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from vla_edge.camera.timing import FrameTiming
 from vla_edge.config import CameraSettings
 from vla_edge.errors import VlaEdgeError
 from vla_edge.types import Frame
@@ -77,6 +78,10 @@ class _Counters:
     read_failures: int = 0  # OpenCV: read() returned no frame
     stalls: int = 0  # transitions into "stalled"
     reopen_attempts: int = 0  # OpenCV: devices and URLs re-opened after a failure
+    size_changes: int = 0  # the source's native frame size changed mid-stream
+    size_rejected: int = 0  # frames refused because their native size differs (on_size_change = "fail")
+    burst_rejected: int = 0  # frames refused as part of a burst of held-back frames
+    recoveries: int = 0  # transitions from stalled/failed back to ok
 
 
 def to_policy_image(rgb: np.ndarray, width: int | None, height: int | None) -> np.ndarray:
@@ -106,6 +111,11 @@ class GrabberSource(ABC):
         self._status_since_ns = time.monotonic_ns()
         self._last_error: str | None = None
         self._counters = _Counters()
+        self._hold_until_ns = 0  # the slot's frame came after a gap: not deliverable before (FrameTiming)
+        self._native_size: tuple[int, int] | None = None  # (height, width) of the source's frames
+        self._timing = FrameTiming(settings.max_frame_age_ms,
+                                   period_ms=1000.0 / settings.capture_fps if settings.capture_fps else None)
+        self._clock_note: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -168,8 +178,63 @@ class GrabberSource(ABC):
                 log.exception("camera %s: release failed", self.name)
 
     # --- for the grabber thread ---------------------------------------------------------------------------
-    def _publish(self, rgb: np.ndarray, t_capture_ns: int) -> bool:
-        """Put a frame in the slot (newest wins). False if refused because its time is not after the last."""
+    def _publish_live(self, rgb: np.ndarray, arrival_ns: int, source_ms: float | None = None,
+                      clock: str = "stream") -> bool:
+        """A frame from a live source, stamped by ``FrameTiming``: the source's own clock where it has one and it
+        can be trusted, else the arrival time; a frame in a burst of held-back frames is refused as stale."""
+        stamp = self._timing.stamp(arrival_ns, source_ms, clock)
+        note = stamp.basis if not self._timing.source_clock_distrusted else "arrival (the source's clock disagrees " \
+            "with its frame pace; not trusted until reopened)"
+        if note != self._clock_note:
+            log.info("camera %s: capture times from the %s", self.name, note)
+            self._clock_note = note
+        if stamp.burst:
+            with self._cond:
+                self._counters.burst_rejected += 1
+                if stamp.retract_previous and not self._frame_taken:
+                    self._frame_taken = True  # the frame after the gap opened the burst: it is old too
+                    self._counters.burst_rejected += 1
+            return False
+        return self._publish(rgb, stamp.t_capture_ns, hold_until_ns=arrival_ns + stamp.hold_ns if stamp.hold_ns else 0)
+
+    def _reset_timing(self) -> None:
+        """A (re)opened source: its clock and pace start again."""
+        self._timing.reset()
+
+    def _size_refused(self, native: tuple[int, int]) -> bool:
+        """Apply ``camera.on_size_change`` to a frame of native size ``native`` (height, width); caller holds the lock."""
+        if self._native_size is None:
+            self._native_size = native
+            return False
+        if native == self._native_size:
+            return False
+        was = f"{self._native_size[1]}x{self._native_size[0]}"
+        now = f"{native[1]}x{native[0]}"
+        if self.settings.on_size_change == "accept":
+            self._counters.size_changes += 1
+            log.warning("camera %s: native frame size changed mid-stream from %s to %s; accepted "
+                        "(camera.on_size_change = accept): the new frames are resized as the old ones were",
+                        self.name, was, now)
+            self._native_size = native
+            return False
+        self._counters.size_rejected += 1
+        if self._status is not CameraStatus.FAILED:
+            self._counters.size_changes += 1
+            self._last_error = (f"native frame size changed mid-stream from {was} to {now}; frames refused until it "
+                                "is back (camera.on_size_change = fail)")
+            log.warning("camera %s: failed (%s)", self.name, self._last_error)
+            self._status = CameraStatus.FAILED
+            self._status_since_ns = time.monotonic_ns()
+            self._cond.notify_all()
+        return True
+
+    def _publish(self, rgb: np.ndarray, t_capture_ns: int, hold_until_ns: int = 0) -> bool:
+        """Put a frame in the slot (newest wins). False if refused: its time is not after the last, or its native
+        size changed and ``camera.on_size_change`` is "fail"."""
+        native = (int(rgb.shape[0]), int(rgb.shape[1]))
+        with self._cond:
+            if self._size_refused(native):
+                return False
         image = to_policy_image(rgb, self.settings.width, self.settings.height)
         now = time.monotonic_ns()
         with self._cond:
@@ -182,13 +247,17 @@ class GrabberSource(ABC):
                 self._counters.overwritten += 1
             self._frame = Frame(image=image, t_capture_ns=t_capture_ns, seq=self._next_seq)
             self._frame_taken = False
+            self._hold_until_ns = hold_until_ns
             self._next_seq += 1
             self._last_capture_ns = t_capture_ns
             self._last_arrival_ns = now
             self._counters.frames += 1
             if self._status is not CameraStatus.OK:
-                if self._status is CameraStatus.STALLED:
-                    log.info("camera %s: frames arriving again", self.name)
+                if self._status in (CameraStatus.STALLED, CameraStatus.FAILED):
+                    self._counters.recoveries += 1
+                    log.info("camera %s: recovered: frames arriving again after %.1f s %s (was: %s)", self.name,
+                             (now - self._status_since_ns) / 1e9, self._status.value, self._last_error or "no detail")
+                    self._last_error = None
                 self._status = CameraStatus.OK
                 self._status_since_ns = now
             self._cond.notify_all()
@@ -241,7 +310,7 @@ class GrabberSource(ABC):
     def _take_locked(self, now_ns: int, max_age_ms: float) -> Frame | None:
         self._stall_check_locked(now_ns)
         frame = self._frame
-        if frame is None or self._frame_taken:
+        if frame is None or self._frame_taken or now_ns < self._hold_until_ns:
             return None
         if self._status in (CameraStatus.STALLED, CameraStatus.FAILED, CameraStatus.CLOSED):
             return None
@@ -272,6 +341,8 @@ class GrabberSource(ABC):
                     return None
                 # Wake at least every stall timeout so a stall is noticed while we wait.
                 wait_s = min((deadline - now) / 1e9, self.settings.stall_timeout_ms / 1000)
+                if self._hold_until_ns > now:  # a frame after a gap becomes deliverable then, unless withdrawn
+                    wait_s = min(wait_s, (self._hold_until_ns - now) / 1e9)
                 self._cond.wait(max(wait_s, 0.0005))
 
     @property

@@ -94,6 +94,7 @@ class OpenCVSource(GrabberSource):
         if not capture.isOpened():
             capture.release()
             return None
+        self._reset_timing()
         if self.target.kind is SourceKind.DEVICE:
             self._configure_device(capture)
         if self.target.kind is SourceKind.FILE:
@@ -122,21 +123,24 @@ class OpenCVSource(GrabberSource):
         else:
             self._follow_live()
 
-    def _read_rgb(self) -> tuple[np.ndarray, int] | None:
+    def _read_rgb(self) -> tuple[np.ndarray, int, float | None] | None:
+        """(RGB image, arrival time, the source's own time of the frame in ms or None)."""
         capture = self._capture
         assert capture is not None
         # grab() returns when the frame is in; stamp it then, before decoding, so decode time counts as age.
         if not capture.grab():
             return None
-        t_capture_ns = time.monotonic_ns()
+        t_arrival_ns = time.monotonic_ns()
+        # V4L2: the driver's buffer timestamp (CLOCK_MONOTONIC); FFmpeg: the frame's media time. See timing.py.
+        source_ms = capture.get(cv2.CAP_PROP_POS_MSEC) if self.target.kind is not SourceKind.FILE else None
         ok, bgr = capture.retrieve()
         if not ok or bgr is None:
             return None
         if bgr.ndim == 2:
-            return cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB), t_capture_ns
+            return cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB), t_arrival_ns, source_ms
         if bgr.shape[2] == 4:
-            return cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB), t_capture_ns
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), t_capture_ns
+            return cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB), t_arrival_ns, source_ms
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), t_arrival_ns, source_ms
 
     def _play_file(self) -> None:
         next_due = time.monotonic()
@@ -151,7 +155,7 @@ class OpenCVSource(GrabberSource):
                     continue
                 self._set_status(CameraStatus.ENDED, "end of video file")
                 return
-            self._publish(*grabbed)
+            self._publish(grabbed[0], grabbed[1])  # paced here, so its arrival is its capture
             next_due = max(next_due + self._file_period_s, time.monotonic() - self._file_period_s)
 
     def _rewind(self) -> bool:
@@ -176,7 +180,7 @@ class OpenCVSource(GrabberSource):
                     continue
             grabbed = self._read_rgb()
             if grabbed is not None:
-                self._publish(*grabbed)
+                self._publish_live(*grabbed, clock="device" if self.target.kind is SourceKind.DEVICE else "stream")
                 backoff_s = _FIRST_BACKOFF_S
                 continue
             # No frame: a device unplugged, a stream dropped, or a read timeout. Report, then reopen: the
