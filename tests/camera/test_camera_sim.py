@@ -22,6 +22,7 @@ from vla_edge.camera import (
     encode_frame_message,
     open_source,
 )
+from tests.waiting import GENEROUS_S, wait_for
 from vla_edge.config import CameraSettings
 
 
@@ -43,7 +44,7 @@ def _settings(endpoint: str, **overrides) -> CameraSettings:
     return CameraSettings(source="sim", sim_endpoint=endpoint, **overrides)
 
 
-def _publish_until_received(pub: FramePublisher, source: FrameSource, value: int, timeout_s: float = 5.0):
+def _publish_until_received(pub: FramePublisher, source: FrameSource, value: int, timeout_s: float = GENEROUS_S):
     """PUB/SUB has a slow-joiner window; keep publishing fresh frames until one comes through."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -74,7 +75,7 @@ def test_same_frame_is_never_handed_out_twice(publisher):
         assert source.latest() is None
         assert source.wait_latest(0.2) is None
         publisher.publish(_image(2), time.monotonic_ns())
-        second = source.wait_latest(2.0)
+        second = source.wait_latest(GENEROUS_S)
         assert second is not None and second.seq > first.seq and second.image[0, 0, 0] == 2
         assert source.latest() is None
         assert source.counters()["delivered"] == 2
@@ -85,7 +86,8 @@ def test_newest_wins_when_the_reader_is_slow(publisher):
         _publish_until_received(publisher, source, value=0)
         for value in range(1, 30):
             publisher.publish(_image(value), time.monotonic_ns())
-        time.sleep(0.3)
+        # wait until the grabber has put frame 29 in the slot (peeking, so nothing is taken before)
+        wait_for(lambda: source._frame is not None and source._frame.image[0, 0, 0] == 29, what="frame 29")
         frame = source.latest(max_age_ms=10_000)
         assert frame is not None and frame.image[0, 0, 0] == 29
         assert source.latest() is None
@@ -94,7 +96,7 @@ def test_newest_wins_when_the_reader_is_slow(publisher):
 def test_frame_older_than_max_age_is_refused(publisher):
     with open_source(_settings(publisher.bound_endpoint, max_frame_age_ms=100)) as source:
         # Each frame was captured 500 ms before it is sent: new, but refused, however long the caller waits.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + GENEROUS_S
         while source.counters()["frames"] == 0 and time.monotonic() < deadline:
             publisher.publish(_image(1), time.monotonic_ns() - 500_000_000)
             assert source.wait_latest(0.05) is None
@@ -104,10 +106,8 @@ def test_frame_older_than_max_age_is_refused(publisher):
         # Fresh when it arrives, stale by the time the caller asks with a tighter limit.
         frames_before = source.counters()["frames"]
         publisher.publish(_image(2), time.monotonic_ns())
-        deadline = time.monotonic() + 2
-        while source.counters()["frames"] == frames_before and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(0.05)
+        wait_for(lambda: source.counters()["frames"] > frames_before, what="frame 2 to arrive")
+        time.sleep(0.05)  # not a wait for an effect: the frame must get older than the 10 ms asked for below
         assert source.latest(max_age_ms=10) is None
         assert source.counters()["stale_rejected"] == rejected + 1
         # The refused frame stays refused: a looser limit later does not resurrect it.
@@ -118,14 +118,13 @@ def test_stalled_publisher_is_reported_and_recovers(publisher):
     stall_ms = 300
     with open_source(_settings(publisher.bound_endpoint, stall_timeout_ms=stall_ms)) as source:
         _publish_until_received(publisher, source, value=0)
+        frames_before = source.counters()["frames"]
+        published = time.monotonic()  # frame 1 arrives after this, so a stall cannot be due before + stall_ms
         publisher.publish(_image(1), time.monotonic_ns())
-        time.sleep(0.1)
-        stopped = time.monotonic()
+        wait_for(lambda: source.counters()["frames"] > frames_before, what="frame 1 to arrive")
         # Nobody takes frame 1; then the publisher goes silent. The old frame must never come back.
-        while source.status is not CameraStatus.STALLED:
-            assert time.monotonic() - stopped < stall_ms / 1000 + 1.0, "stall not reported in time"
-            time.sleep(0.01)
-        assert time.monotonic() - stopped >= stall_ms / 1000 - 0.15
+        wait_for(lambda: source.status is CameraStatus.STALLED, what="the stall to be reported")
+        assert time.monotonic() - published >= stall_ms / 1000  # never before stall_timeout_ms of silence
         assert source.latest(max_age_ms=60_000) is None
         assert source.wait_latest(0.2, max_age_ms=60_000) is None
         assert source.counters()["stalls"] == 1
@@ -139,9 +138,8 @@ def test_frames_from_the_past_are_refused_as_out_of_order(publisher):
     with open_source(_settings(publisher.bound_endpoint)) as source:
         first = _publish_until_received(publisher, source, value=0)
         publisher.publish(_image(9), first.t_capture_ns - 1)
-        time.sleep(0.2)
+        wait_for(lambda: source.counters()["out_of_order"] == 1, what="the frame from the past to be refused")
         assert source.latest() is None
-        assert source.counters()["out_of_order"] == 1
 
 
 def test_malformed_messages_are_counted_and_do_not_stop_the_source(publisher):
@@ -149,15 +147,13 @@ def test_malformed_messages_are_counted_and_do_not_stop_the_source(publisher):
         _publish_until_received(publisher, source, value=0)
         raw_socket = publisher._socket  # the same bound PUB socket, to inject garbage a buggy peer might send
         raw_socket.send(b"\x93\x01\x02\x03")  # a msgpack array, not a frame
-        time.sleep(0.2)
-        assert source.counters()["bad_messages"] == 1
+        wait_for(lambda: source.counters()["bad_messages"] == 1, what="the bad message to be counted")
         assert "not valid msgpack" in (source.last_error or "")
         raw_socket.send(msgpack.packb({"v": 1, "seq": 0}))  # a map without the frame fields
-        time.sleep(0.2)
-        assert source.counters()["bad_messages"] == 2
+        wait_for(lambda: source.counters()["bad_messages"] == 2, what="the second bad message to be counted")
         assert "t_capture_ns" in (source.last_error or "")
         publisher.publish(_image(3), time.monotonic_ns())
-        frame = source.wait_latest(2.0)
+        frame = source.wait_latest(GENEROUS_S)
         assert frame is not None and frame.image[0, 0, 0] == 3
 
 
@@ -190,18 +186,19 @@ def test_wait_latest_wakes_on_a_new_frame(publisher):
         timer = threading.Timer(0.2, lambda: publisher.publish(_image(4), time.monotonic_ns()))
         timer.start()
         start = time.monotonic()
-        frame = source.wait_latest(3.0)
+        frame = source.wait_latest(GENEROUS_S)
         timer.join()
         assert frame is not None and frame.image[0, 0, 0] == 4
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - start < GENEROUS_S - 1  # woken by the frame, not by the timeout
 
 
 def test_closed_source_hands_out_nothing(publisher):
     source = open_source(_settings(publisher.bound_endpoint))
     source.start()
     _publish_until_received(publisher, source, value=0)
+    frames_before = source.counters()["frames"]
     publisher.publish(_image(1), time.monotonic_ns())
-    time.sleep(0.1)
+    wait_for(lambda: source.counters()["frames"] > frames_before, what="frame 1 to arrive")  # unread at close
     source.close()
     assert source.status is CameraStatus.CLOSED
     assert source.latest() is None and source.wait_latest(0.1) is None

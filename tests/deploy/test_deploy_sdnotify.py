@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import GENEROUS_S, wait_for
 from vla_edge.sdnotify import Notifier, WatchdogGate, watchdog_interval_s
 
 
@@ -98,14 +99,17 @@ def test_gate_pings_only_after_progress(notify_socket):
 
 
 def test_hung_loop_stops_the_pings_with_a_real_thread(notify_socket):
+    """Counted in the gate's own checks, not in wall time, so a loaded machine changes nothing."""
     path, sock = notify_socket
     gate = WatchdogGate(Notifier(path), interval_s=0.05).start()
     hang = threading.Event()
+    hung = threading.Event()
     stop = threading.Event()
 
     def control_loop() -> None:
         while not stop.is_set():
             if hang.is_set():
+                hung.set()
                 time.sleep(0.01)  # stuck: no progress reported
                 continue
             gate.progress()
@@ -113,17 +117,19 @@ def test_hung_loop_stops_the_pings_with_a_real_thread(notify_socket):
 
     loop = threading.Thread(target=control_loop, daemon=True)
     loop.start()
+    pings: list[str] = []
     try:
-        time.sleep(0.5)
-        healthy = len(received(sock))
+        wait_for(lambda: pings.extend(received(sock)) or len(pings) >= 3, what="three pings while healthy")
         hang.set()
-        time.sleep(0.12)  # let the last in-flight ping land
-        received(sock)
-        time.sleep(0.5)
+        assert hung.wait(GENEROUS_S)
+        withheld = gate.pings_withheld
+        wait_for(lambda: gate.pings_withheld > withheld, what="a check that finds no progress")
+        received(sock)  # a ping for progress made before the hang may have landed until then
+        withheld = gate.pings_withheld
+        wait_for(lambda: gate.pings_withheld >= withheld + 5, what="five more checks while hung")
         while_hung = len(received(sock))
     finally:
         stop.set()
         loop.join()
         gate.stop()
-    assert healthy >= 3, healthy
     assert while_hung == 0

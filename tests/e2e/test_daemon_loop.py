@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.waiting import GENEROUS_S, wait_for
 from hil.harness import SimPorts, SimRobotProcess, run_task_with_simulated_operator
 from hil.sim_robot import SimEndpoints, SimRobot
 from vla_edge.config import StreamSettings, load_settings
@@ -71,8 +72,8 @@ def test_daemon_runs_a_chain_on_the_simulated_arm(tmp_path):
                              task={"verify_at_checkpoint": True})
         sim = robot.channel()
         with Daemon(settings) as daemon:
-            assert daemon.wait_for_controller(15.0), "no controller handshake"
-            assert daemon.wait_for_camera(10.0), "no camera frame"
+            assert daemon.wait_for_controller(GENEROUS_S), "no controller handshake"
+            assert daemon.wait_for_camera(GENEROUS_S), "no camera frame"
             result, judge = run_task_with_simulated_operator(daemon, sim, "e2e-chain", sim.chain(3, seed=5))
             counters = daemon.executor.scheduler.counters
             state = daemon.stream.latest_state()
@@ -94,7 +95,7 @@ def test_stalled_camera_holds_the_arm_and_stalls_the_step(tmp_path):
         settings = _settings(robot.ports, tmp_path, camera={"stall_timeout_ms": 400.0, "max_frame_age_ms": 250.0},
                              task={"step_timeout_s": 4.0}, confidence={"enabled": False})
         with Daemon(settings) as daemon:
-            assert daemon.wait_for_controller(15.0) and daemon.wait_for_camera(10.0)
+            assert daemon.wait_for_controller(GENEROUS_S) and daemon.wait_for_camera(GENEROUS_S)
             # Red starts in the left bin in this layout: moving it to the right bin takes well over a second.
             instruction = "put the red block in the right bin"
             stalled_at: list[int] = []
@@ -102,7 +103,7 @@ def test_stalled_camera_holds_the_arm_and_stalls_the_step(tmp_path):
 
             def stall_camera_soon() -> None:
                 # Stall once the arm is moving under the policy, whatever the start-up took.
-                deadline = time.monotonic() + 10.0
+                deadline = time.monotonic() + GENEROUS_S
                 while robot.executed_since(started_ns) < 3 and time.monotonic() < deadline:
                     time.sleep(0.01)
                 stalled_at.append(time.monotonic_ns())
@@ -140,7 +141,7 @@ def test_a_step_is_not_done_until_its_final_action_was_actuated(tmp_path):
     with ThreadedRobot(seed=3, robot_class=DiesAtDone) as robot:
         settings = _settings(robot.ports, tmp_path, task={"step_timeout_s": 6.0}, confidence={"enabled": False})
         with Daemon(settings) as daemon:
-            assert daemon.wait_for_controller(15.0) and daemon.wait_for_camera(10.0)
+            assert daemon.wait_for_controller(GENEROUS_S) and daemon.wait_for_camera(GENEROUS_S)
             report = daemon.executor.run_step(0, "put the red block in the right bin", threading.Event())
             died_at = robot.robot.died_at_ns
     assert report.outcome != "done", "the step was marked done although its done action was never actuated"
@@ -200,8 +201,8 @@ def test_daemon_stopped_mid_chunk_leaves_the_arm_holding(tmp_path, how):
         finally:
             if daemon.poll() is None:
                 daemon.kill()
-        time.sleep(0.3)
-        client_state = robot.robot.client.next_setpoint()
+        client_state = wait_for(lambda: (sp := robot.robot.client.next_setpoint()).holding and sp,
+                                what="the controller to hold after the daemon stopped")
     assert daemon.returncode == 0, err
     assert "Traceback" not in err
     assert client_state.holding and client_state.reason in ("daemon:shutdown", "stale", "daemon:stop requested")

@@ -39,7 +39,8 @@ def _monitor(bundle, thresholds):
     return dataclasses.replace(build_monitor(bundle, Settings()), thresholds=thresholds)
 
 
-def _planner(bundle, url, model, thresholds, console, metrics, deadline_ms=2000.0):
+def _planner(bundle, url, model, thresholds, console, metrics, deadline_ms=20_000.0):
+    # A deadline only the slow model can miss: a loaded machine must not turn an answer into a "deadline".
     client = RemotePolicyClient(url, model, deadline_ms, output_limits(bundle.manifest), down_after=3)
     return TieredPlanner(client, _monitor(bundle, thresholds), TierMetrics(metrics), console.set_remote_status)
 
@@ -107,8 +108,9 @@ def test_remote_faults_keep_the_local_result_and_show_the_tier_degraded(
         triton_server, bundle, local, observation, console, model, kind):
     metrics = CollectorRegistry()
     url = f"127.0.0.1:{free_port()}" if model == "down" else triton_server.url
+    # 250 ms only where the deadline is the point (vla_slow answers after 0.6 s, however idle the machine).
     planner = _planner(bundle, url, "vla_remote" if model == "down" else model, LENIENT, console, metrics,
-                       deadline_ms=250.0)
+                       deadline_ms=250.0 if kind == "deadline" else 20_000.0)
     samples, routed = _route(planner, local, observation, local_passes=False)
     # The local result stands (its failed verdict escalates as without a remote tier); nothing remote is used.
     assert routed.tier == "operator" and routed.remote_outcome == kind

@@ -94,7 +94,7 @@ def test_bad_values_over_real_sockets_never_actuate(demo_settings, limits, start
             daemon.send_action(values, time.monotonic_ns())
             reason = {"nan": "non_finite", "inf": "non_finite"}.get(kind, kind)
             setpoint = client.next_setpoint()
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + 30.0  # generous: a loaded machine delivers late, never wrongly
             while setpoint.holding and setpoint.reason not in expected and time.monotonic() < deadline:
                 time.sleep(0.002)  # not delivered yet: the controller is idle/holding
                 setpoint = client.next_setpoint()

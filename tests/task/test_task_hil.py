@@ -32,7 +32,7 @@ def _load(name):
 HilExecutor = _load("hil_executor").HilExecutor
 
 
-def drive_like_the_expert(executor, runner, instruction, timeout=20.0):
+def drive_like_the_expert(executor, runner, instruction, timeout=120.0):
     """Plays a careful operator: sends the moves the scripted expert would make, then 'done'."""
     expert = ScriptedExpert(np.random.default_rng(1), noise=0.0)
     expert.reset(parse_instruction(instruction))
@@ -97,7 +97,7 @@ def test_chain_with_low_confidence_takeover_records_interventions(tmp_path):
     assert CheckpointStore(tmp_path / "state").load_latest("hil-chain").next_step == 4
 
 
-def _wait(predicate, timeout=10.0):
+def _wait(predicate, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import GENEROUS_S, wait_for
 from vla_edge.checkpoint import CheckpointStore
 from vla_edge.config import TaskSettings
 from vla_edge.operator.escalation import Decision, EscalationQueue, TeleopCommand
@@ -50,20 +51,19 @@ class Background:
     def _run(self, runner):
         self.result = runner.run(self.stop)
 
-    def join(self, timeout=10.0):
+    def join(self, timeout=GENEROUS_S):
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "runner did not finish"
         return self.result
 
 
-def wait_open(queue, count=1, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = queue.open()
-        if len(found) >= count:
-            return found[-1]
-        time.sleep(0.01)
-    raise AssertionError("no escalation was raised")
+def wait_open(queue, count=1, timeout=GENEROUS_S, exclude=()):
+    """The newest open escalation once ``count`` are open (none of the ids in ``exclude``)."""
+    def ready():
+        found = [e for e in queue.open() if e.id not in exclude]
+        return found if len(found) >= count else None
+
+    return wait_for(ready, timeout, f"{count} open escalation(s)")[-1]
 
 
 def test_clean_run_checkpoints_every_n_steps(tmp_path):
@@ -97,11 +97,12 @@ def test_stalled_retry_runs_step_again_without_override(tmp_path):
     executor = ScriptedExecutor({1: ["stalled", "stalled"]})
     runner, queue, _ = make_runner(tmp_path, executor)
     bg = Background(runner)
+    decided = []
     for _ in range(2):
-        esc = wait_open(queue)
+        esc = wait_open(queue, exclude=decided)  # the next one, not the one just answered
         assert esc.kind == "stalled"
         queue.decide(Decision(escalation_id=esc.id, action="retry"))
-        time.sleep(0.05)
+        decided.append(esc.id)
     result = bg.join()
     assert result.status == "completed"
     assert [c for c in executor.calls if c[0] == 1] == [(1, False)] * 3
@@ -114,13 +115,11 @@ def test_takeover_moves_through_teleop_channel_and_marks_step(tmp_path):
     bg = Background(runner)
     esc = wait_open(queue)
     queue.decide(Decision(escalation_id=esc.id, action="takeover"))
-    deadline = time.monotonic() + 5
-    while runner.teleop.active_step != 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: runner.teleop.active_step == 4, what="the take-over of step 4")
     assert runner.teleop.put(TeleopCommand(dx=0.05))
-    time.sleep(0.15)
+    wait_for(lambda: executor.position[0] == pytest.approx(0.55), what="the first move to be applied")
     assert runner.teleop.put(TeleopCommand(dy=-0.05, grip=1.0))
-    time.sleep(0.15)
+    wait_for(lambda: executor.grip == 1.0, what="the second move to be applied")
     assert runner.teleop.put(TeleopCommand(done=True))
     result = bg.join()
     assert result.status == "completed"
@@ -148,10 +147,7 @@ def test_answer_timeout_keeps_hold_and_escalation_open(tmp_path):
     runner, queue, events = make_runner(tmp_path, executor, timeout=0.1)
     bg = Background(runner)
     esc = wait_open(queue)
-    deadline = time.monotonic() + 5
-    while sum(e.kind == "answer_timeout" for e in events) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert sum(e.kind == "answer_timeout" for e in events) >= 3
+    wait_for(lambda: sum(e.kind == "answer_timeout" for e in events) >= 3, what="three answer timeouts")
     assert queue.open() == [esc], "the escalation must stay open while nobody answers"
     assert len(executor.calls) == 1, "the task must not proceed without an answer"
     assert sum("no operator answer" in h for h in executor.holds) >= 3
@@ -166,7 +162,7 @@ def test_stop_while_waiting_exits_cleanly_holding(tmp_path):
     bg = Background(runner)
     esc = wait_open(queue)
     bg.stop.set()
-    result = bg.join(timeout=3)
+    result = bg.join()
     assert result.status == "stopped" and result.next_step == 1
     assert "stop" in executor.holds[-1] or "stop" in result.reason
     assert queue.open() == [] and queue.history()[-1].status == "withdrawn"
@@ -222,9 +218,7 @@ def test_verify_at_checkpoint_takeover_drives_chosen_step(tmp_path):
     bg = Background(runner)
     esc = wait_open(queue)
     queue.decide(Decision(escalation_id=esc.id, action="takeover"))
-    deadline = time.monotonic() + 5
-    while runner.teleop.active_step is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: runner.teleop.active_step is not None, what="the take-over")
     assert runner.teleop.active_step == 2, "default take-over step is the last one verified"
     runner.teleop.put(TeleopCommand(done=True))
     # After the take-over the operator is asked to verify the segment again; nothing else is re-run.
