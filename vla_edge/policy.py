@@ -220,7 +220,10 @@ class PolicyRunner:
         intra_op_threads: int = 2,
         seed: int = 0,
         warm_up_samples: int = 8,
+        io_binding: bool | None = None,
     ) -> None:
+        """``io_binding``: keep the tensors graphs hand to each other (a VLM prefix's K/V) in the provider's memory
+        between graphs and steps instead of passing them through host arrays; None: on for a GPU provider."""
         self.bundle = bundle
         self.manifest = spec = manifest_v2(bundle)
         if precision not in spec.variants:
@@ -236,6 +239,10 @@ class PolicyRunner:
         self._execute_start = spec.action.execute_start
         self._model_shape = (spec.action.model_horizon, spec.model_action_dim)
         self._providers = list(next(iter(self._graphs.values())).session.get_providers())
+        gpu = self._providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self._binding = gpu if io_binding is None else io_binding
+        self._device = "cuda" if gpu else "cpu"
+        self._on_device = self._device_resident() if self._binding else set()
         self._views = list(spec.observation.cameras)
         obs = spec.observation
         interval_s = obs.history_interval_s or 1.0 / spec.control_rate_hz
@@ -368,13 +375,48 @@ class PolicyRunner:
         return self.manifest.observation.history
 
     # ---- graphs -----------------------------------------------------------------------------------------------
+    def _device_resident(self) -> set[str]:
+        """Graph outputs only other graphs read, as they are (not repeated to K on the host): with IOBinding they
+        stay where the provider computed them. The sampler's output, the embedding, auxiliary outputs and values
+        repeated to K come to the host."""
+        spec = self.manifest
+        host = {spec.sampler.output}
+        if spec.embedding:
+            host.add(spec.embedding)
+        for name, graph in self._graphs.items():
+            if graph.decl.role == "auxiliary":
+                host.update(f"{name}.{o}" for o in graph.outputs)
+            for f in graph.feeds:
+                if f.repeat_axis is not None:
+                    host.add(f.source)
+        produced = {f"{name}.{o}" for name, graph in self._graphs.items() for o in graph.outputs}
+        return produced - host
+
+    def _invoke(self, graph: _Graph, feed: dict[str, object], outputs: list[str]) -> list:
+        """Run one graph. With IOBinding, inputs are host arrays or OrtValues already where the provider is, and
+        outputs in ``self._on_device`` stay there (OrtValues); the rest come back as host arrays."""
+        if not self._binding:
+            return graph.session.run(outputs, feed)  # type: ignore[arg-type]
+        binding = graph.session.io_binding()
+        for name, value in feed.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        keep = [f"{graph.name}.{name}" in self._on_device for name in outputs]
+        for name, stays in zip(outputs, keep, strict=True):
+            binding.bind_output(name, self._device if stays else "cpu")
+        graph.session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return [v if stays else v.numpy() for v, stays in zip(values, keep, strict=True)]
+
     def _run(self, graph: _Graph, values: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray] | None = None,
              ) -> dict[str, np.ndarray]:
         feed = {}
         for f in graph.feeds:
             value = extra[f.name] if extra is not None and f.name in extra else values[f.source]
             feed[f.name] = value.astype(f.dtype, copy=False) if f.runtime else value
-        outputs = graph.session.run(graph.outputs, feed)
+        outputs = self._invoke(graph, feed, graph.outputs)
         return {f"{graph.name}.{name}": out for name, out in zip(graph.outputs, outputs, strict=True)}
 
     def _role(self, role: str) -> list[_Graph]:
@@ -563,7 +605,7 @@ class PolicyRunner:
         """One step graph reading float32 sampler.x and sampler.t: its session, the chunk's feed with the static
         inputs filled in, and the names to put x and t under (the reference's and most bundles' case)."""
         steps = self._by_role["step"]
-        if len(steps) != 1 or steps[0].chained:
+        if len(steps) != 1 or steps[0].chained or self._binding:
             return None
         graph = steps[0]
         feed: dict[str, np.ndarray] = {}
@@ -586,7 +628,7 @@ class PolicyRunner:
             graph = steps[0]
             feed = {f.name: statics[f.key] if f.static else (x if f.source == "sampler.x" else t).astype(
                 f.dtype, copy=False) for f in graph.feeds}
-            return graph.session.run(self._sampler_output_only, feed)[0]  # type: ignore[no-any-return]
+            return self._invoke(graph, feed, self._sampler_output_only)[0]  # type: ignore[no-any-return]
         values: dict[str, np.ndarray] = {"sampler.x": x, "sampler.t": t}
         for graph in steps:
             feed = {}
@@ -597,7 +639,7 @@ class PolicyRunner:
                     feed[f.name] = values[f.source].astype(f.dtype, copy=False)
                 else:
                     feed[f.name] = values[f.source]
-            outputs = graph.session.run(graph.outputs, feed)
+            outputs = self._invoke(graph, feed, graph.outputs)
             values.update({f"{graph.name}.{n}": o for n, o in zip(graph.outputs, outputs, strict=True)})
         return values[self.manifest.sampler.output]
 

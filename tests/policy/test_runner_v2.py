@@ -285,3 +285,34 @@ def test_unclipped_output_for_parity(tmp_path: Path) -> None:
     clipped = runner.sample(encoded, 1).actions
     assert raw.max() > 2.5 and clipped.max() == pytest.approx(2.0)
     np.testing.assert_allclose(np.clip(raw, -2.0, 2.0), clipped)
+
+
+@pytest.mark.parametrize("build", ["flow-broadcast", "flow-repeat", "diffusion", "single_pass", "pieces"])
+def test_io_binding_path_gives_the_same_chunks(build: str, tmp_path: Path) -> None:
+    """The GPU path (IOBinding: prefix K/V and other graph-to-graph tensors stay in the provider's memory), run here
+    on the CPU provider: the same chunks as the host-array path, bit for bit."""
+    if build.startswith("flow"):
+        directory = tiny.build_flow_bundle(tmp_path / "b", share=build.split("-")[1])
+        frames: object = {"top": _frame(12, 16, 1), "wrist": _frame(20, 20, 2)}
+        state = np.array([0.3, -1.0], np.float32)
+    elif build == "diffusion":
+        directory = tiny.build_diffusion_bundle(tmp_path / "b", {**DDPM, "num_inference_steps": 10})
+        frames, state = _frame(5, 7, 3), np.array([0.5, 3.0], np.float32)
+    elif build == "single_pass":
+        directory = tiny.build_single_pass_bundle(tmp_path / "b")
+        frames, state = _frame(9, 9, 4), np.array([0.5, -0.5], np.float32)
+    else:
+        directory = tiny.build_chained_external_bundle(tmp_path / "b")
+        frames, state = _frame(9, 9, 4), np.array([0.5, -0.5], np.float32)
+    chunks, devices = [], []
+    for binding in (False, True):
+        runner = PolicyRunner(load_bundle(directory), "fp32", intra_op_threads=1, seed=5, io_binding=binding)
+        runner.set_instruction("pick up the red cube")
+        encoded = runner.encode(frames, state)  # type: ignore[arg-type]
+        devices.append(sum(1 for v in encoded.values.values() if not isinstance(v, np.ndarray)))
+        prefix = np.full((1, runner.action_dim), 0.25, np.float32)
+        chunks.append(runner.sample(encoded, 3, prefix=prefix).actions)
+    np.testing.assert_array_equal(chunks[0], chunks[1])
+    assert devices[0] == 0
+    if build == "flow-broadcast" or build == "pieces":
+        assert devices[1] > 0  # K/V (or the chained hidden state) stayed an OrtValue between graphs
