@@ -195,8 +195,29 @@ class OperatorSettings(Section):
 class RecorderSettings(Section):
     enabled: StrictBool = True
     dataset_dir: Path = Field(Path("/var/lib/vla-edge/dataset"))
+    dataset_format: Literal["v3.0", "v2.1"] = Field(
+        "v3.0", description="LeRobot dataset format: v3.0 (LeRobot 0.4 and later), v2.1 for older readers."
+    )
     fps: int = Field(10, gt=0)
     video_codec: Literal["libx264", "libsvtav1"] = Field("libx264", description="Encoder of the episode videos.")
+    data_file_mb: float = Field(
+        16.0, gt=0, description="v3.0: episodes share a data file until it reaches this size (each append rewrites it)."
+    )
+    video_file_mb: float = Field(
+        32.0, gt=0, description="v3.0: episodes share a video file per view until it reaches this size."
+    )
+    state_names: list[str] | None = Field(
+        None, description="Names of observation.state's dimensions (default: the bundle's; schema-1 bundles say "
+        "state_0, state_1, ...)."
+    )
+    actual_names: list[str] | None = Field(
+        None, description="Names of the controller's reported `actual` values (default: the action names)."
+    )
+    instruction_words: list[str] | None = Field(
+        None,
+        description="Record observation.environment_state: one 0/1 value per word, 1 when the instruction has it "
+        "(for ACT / Diffusion Policy, which have no language model).",
+    )
 
 
 class TelemetrySettings(Section):

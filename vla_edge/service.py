@@ -37,10 +37,9 @@ from vla_edge.sdnotify import Notifier, WatchdogGate, watchdog_interval_s
 from vla_edge.signing import check_loaded_signature
 from vla_edge.step_end import ActionLayout
 from vla_edge.stream import ActionStream
-from vla_edge.task import StepReport, TaskEvent, TaskResult, TaskRunner, TaskSpec
+from vla_edge.task import TaskEvent, TaskResult, TaskRunner, TaskSpec
 from vla_edge.telemetry import DaemonMetrics, HealthSampler, MetricsServer
 from vla_edge.telemetry.observer import MetricsObserver
-from vla_edge.types import Frame
 
 log = logging.getLogger(__name__)
 
@@ -150,31 +149,6 @@ def _binding(what: str, host: str, port: int, setting: str) -> Iterator[None]:
                            f"change {setting} (0 picks a free port)") from None
 
 
-class _RecorderObserver(TickObserver):
-    """One dataset episode per step attempt; each frame says whether a human was driving."""
-
-    def __init__(self, recorder, size: tuple[int, int]) -> None:
-        self.recorder = recorder
-        self._size = size  # (width, height) of the recorded video
-        self._last_sent: np.ndarray | None = None
-
-    def on_tick(self, decision, lateness_ns, sent, frame: Frame | None, state, instruction, intervention):
-        if sent is not None:
-            self._last_sent = sent
-        if frame is None or state is None or self._last_sent is None:
-            return
-        image = frame.image
-        if (image.shape[1], image.shape[0]) != self._size:  # the dataset's size, not the policy's input
-            import cv2
-
-            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
-        self.recorder.add_frame(image, state, self._last_sent, intervention, instruction)
-
-    def on_step_end(self, report: StepReport, instruction: str) -> None:
-        self.recorder.end_episode(success=report.outcome == "done")
-        self._last_sent = None
-
-
 class Daemon:
     """Owns every stage of the pipeline. Use as a context manager, or call start() and close()."""
 
@@ -249,16 +223,11 @@ class Daemon:
         observers: list[TickObserver] = [MetricsObserver(self.metrics), ConsoleObserver(self.console_model,
                                                                                          self.image_plane)]
         if s.recorder.enabled:
-            from vla_edge.recorder import EpisodeRecorder, RecordingFeatures
+            from vla_edge.recorder.observer import build_recording
 
-            first_view = manifest.observation.cameras[0]
-            features = RecordingFeatures(
-                image_height=s.camera.height or first_view.height, image_width=s.camera.width or first_view.width,
-                state_names=tuple(manifest.state_names), action_names=tuple(manifest.action_names),
-            )
-            recorder = EpisodeRecorder(s.recorder.dataset_dir, s.recorder.fps, features, codec=s.recorder.video_codec)
-            self._stack.callback(recorder.discard_episode)
-            observers.append(_RecorderObserver(recorder, (features.image_width, features.image_height)))
+            recording = build_recording(s, manifest, self.stream)
+            self._stack.callback(recording.recorder.discard_episode)
+            observers.append(recording)
 
         if s.telemetry.rerun:
             from vla_edge.rerun_log import RerunLogger

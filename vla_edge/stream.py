@@ -11,6 +11,11 @@ Two sockets, both bound by the daemon (CURVE servers), both connected by the con
 No action is sent before the controller is ready (it has a session and has seen the command channel live),
 whichever side starts first; until then the daemon publishes ``Hold("handshake")`` every heartbeat, which is
 also how a slow-joining subscriber proves its subscription works. See docs/wire.md.
+
+What the motors were given is known from the controller's reports, not from what was sent: each report's
+``seq_applied`` names the last command the controller actuated (it never alters a command's values, it
+actuates or rejects them), so `last_action` (what went out under which number) and `applied_since` (every
+command a report showed executed, with the state reported right after) tell the recorder which command ran.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import secrets
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -50,6 +56,26 @@ log = logging.getLogger(__name__)
 
 # Peer is declared dead after this many heartbeat intervals without a valid message.
 DEAD_AFTER_HEARTBEATS = 3
+_APPLIED_KEPT = 256  # executed commands remembered (25 s at 10 Hz): the recorder looks a few ticks back
+
+
+@dataclass(frozen=True)
+class SentAction:
+    """An action command as published: its sequence number and values."""
+
+    seq: int
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class AppliedCommand:
+    """A command the controller reported executed: the first report whose ``seq_applied`` was ``seq``."""
+
+    seq: int
+    actual: tuple[float, ...]  # that report's ``actual``: what the motors did right after executing it
+    t_received_ns: int
+
+
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
@@ -77,7 +103,9 @@ class ActionStream:
         self._peer_heartbeat: tuple[int, int] = (0, 0)  # (its t_sent_ns, our receive time)
         self._state: StateReport | None = None
         self._state_rx_ns: int | None = None
-        self._actuated: deque[int] = deque(maxlen=256)  # distinct seq_applied values reported, newest last
+        # Commands the controller reported actuating (distinct seq_applied values, newest last), with its report.
+        self._applied: deque[AppliedCommand] = deque(maxlen=_APPLIED_KEPT)
+        self._last_action: SentAction | None = None
         self._round_trips: deque[int] = deque(maxlen=16)  # from the controller's heartbeat echoes
         self._last_refusal_log: dict[str, int] = {}
         self._counters: Counter[str] = Counter()
@@ -174,6 +202,7 @@ class ActionStream:
                 values=[float(x) for x in array],
             )
             self._publish(encode(command), "sent_action")
+            self._last_action = SentAction(seq, tuple(command.values))
             return seq
 
     def send_hold(self, reason: str) -> None:
@@ -198,13 +227,25 @@ class ActionStream:
     def actuated(self, seqs: set[int] | frozenset[int]) -> bool:
         """Whether the controller has reported actuating any of the commands ``seqs``."""
         with self._lock:
-            return any(seq in seqs for seq in self._actuated)
+            return any(applied.seq in seqs for applied in self._applied)
 
     def link_round_trip_ns(self) -> int | None:
         """The shortest round trip of the last 16 heartbeat exchanges (the link's delay plus the peers' turnaround;
         under asymmetric delay, the sum of both directions). None before the first."""
         with self._lock:
             return min(self._round_trips) if self._round_trips else None
+
+    def last_action(self) -> SentAction | None:
+        """The newest action command published (None before the first)."""
+        with self._lock:
+            return self._last_action
+
+    def applied_since(self, seq: int) -> list[AppliedCommand]:
+        """Commands numbered ``seq`` or later that a state report showed executed, oldest first (the last
+        ``_APPLIED_KEPT`` executions are remembered). A command never listed here was not executed, or its
+        report has not arrived yet: a rejected command is never listed."""
+        with self._lock:
+            return [a for a in self._applied if a.seq >= seq]
 
     def controller_alive(self) -> bool:
         with self._lock:
@@ -349,8 +390,9 @@ class ActionStream:
                     return
                 self._state = message
                 self._state_rx_ns = now
-                if message.seq_applied >= 0 and (not self._actuated or self._actuated[-1] != message.seq_applied):
-                    self._actuated.append(message.seq_applied)
+                applied = message.seq_applied
+                if applied >= 0 and (not self._applied or self._applied[-1].seq != applied):
+                    self._applied.append(AppliedCommand(applied, tuple(message.actual), now))
                 self._counters["rx_state"] += 1
 
     def _log_refusal(self, key: str, message: str, *args: object) -> None:
