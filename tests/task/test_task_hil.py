@@ -90,7 +90,9 @@ def test_chain_with_low_confidence_takeover_records_interventions(tmp_path):
 
     info = json.loads((tmp_path / "dataset/meta/info.json").read_text())
     assert info["total_episodes"] == 4
-    flags = [pq.read_table(tmp_path / f"dataset/data/chunk-000/episode_{i:06d}.parquet").column("intervention").to_pylist() for i in range(4)]
+    table = pq.read_table(tmp_path / "dataset/data/chunk-000/file-000.parquet")  # v3.0: episodes share a file
+    rows = list(zip(table.column("episode_index").to_pylist(), table.column("intervention").to_pylist(), strict=True))
+    flags = [[flag for episode, flag in rows if episode == i] for i in range(4)]
     assert not any(flags[0]) and not any(flags[2]) and not any(flags[3])
     assert flags[1][:5] == [False] * 5, "the policy's ticks before the hold are not interventions"
     assert all(flags[1][5:]) and len(flags[1]) > 10, "the operator's ticks are"
