@@ -4,7 +4,7 @@ The intended loop, once per control period::
 
     sp = client.next_setpoint()          # values to actuate, or the held position, and why
     actual = motors.apply(sp.values)
-    client.report(actual)                # what the motors really did; the daemon records that
+    client.report(actual)                # what the motors really did; the daemon plans from it
 
 It trusts nothing from the daemon: a command is actuated only when it belongs to the current session, its
 sequence number is newer than anything seen, it is due (never early), not past its deadline, and its values
@@ -341,7 +341,10 @@ class ControllerClient:
         return setpoint
 
     def report(self, actual: np.ndarray) -> None:
-        """Send what the motors actually did this tick (the daemon records this, not its request)."""
+        """Send what the motors actually did this tick, with the command they were given (``applied``, v2).
+
+        The daemon plans from ``actual``; its recorder writes the given command as the dataset's ``action`` (never
+        a command this client rejected) and ``actual`` as a feature of its own (docs/wire.md §6)."""
         values = [float(x) for x in np.asarray(actual, dtype=np.float64).reshape(-1)]
         with self._lock:
             if self._session is None or self._last_setpoint is None:

@@ -13,9 +13,10 @@ whichever side starts first; until then the daemon publishes ``Hold("handshake")
 also how a slow-joining subscriber proves its subscription works. See docs/wire.md.
 
 What the motors were given is known from the controller's reports, not from what was sent: each report's
-``seq_applied`` names the last command the controller actuated (it never alters a command's values, it
-actuates or rejects them), so `last_action` (what went out under which number) and `applied_since` (every
-command a report showed executed, with the state reported right after) tell the recorder which command ran.
+``seq_applied`` names the last command the controller actuated, and a version-2 report also carries its values
+as actuated (``applied``). `applied_since` lists every command a report showed executed, with the state
+reported right after; with `last_action` (what went out under which number, for version-1 controllers, which
+actuate a command's values unchanged or reject it) it tells the recorder which command ran.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class AppliedCommand:
 
     seq: int
     actual: tuple[float, ...]  # that report's ``actual``: what the motors did right after executing it
+    applied: tuple[float, ...] | None  # its ``applied`` (wire v2): the values the motors were given; None in v1
     t_received_ns: int
 
 
@@ -392,7 +394,8 @@ class ActionStream:
                 self._state_rx_ns = now
                 applied = message.seq_applied
                 if applied >= 0 and (not self._applied or self._applied[-1].seq != applied):
-                    self._applied.append(AppliedCommand(applied, tuple(message.actual), now))
+                    given = tuple(message.applied) if message.applied else None
+                    self._applied.append(AppliedCommand(applied, tuple(message.actual), given, now))
                 self._counters["rx_state"] += 1
 
     def _log_refusal(self, key: str, message: str, *args: object) -> None:

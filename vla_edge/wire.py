@@ -167,7 +167,10 @@ class Heartbeat(WireMessage):
 
 
 class StateReport(_Versioned):
-    """Controller → daemon: what the motors actually did this tick. Record this, not what was requested.
+    """Controller → daemon: what the motors actually did this tick, and which command they were given.
+
+    The daemon's recorder writes the command the controller actuated (``seq_applied`` / ``applied``) as the
+    dataset's ``action``, never the one it merely sent, and ``actual`` as a feature of its own.
 
     ``actual``: the measured position, one value per action dimension, in the action's units and order (the
     daemon refuses a report of another length). Version 2 adds what the motors were *given*: ``applied``, the

@@ -41,6 +41,8 @@ done
 BACKEND=pyav
 if .venv-lerobot/bin/python -c 'import torchcodec.decoders' >/dev/null 2>&1; then BACKEND=torchcodec; fi
 
+# One thread: on a CPU shared with other work, two OpenMP threads spend much of their time waiting for each other.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}" OMP_WAIT_POLICY=PASSIVE
 exec .venv-lerobot/bin/lerobot-train \
   --dataset.repo_id=local/"$(basename "$DATASET")" --dataset.root="$DATASET" --dataset.video_backend="$BACKEND" \
   "${SIZE[@]}" \

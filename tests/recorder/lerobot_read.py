@@ -25,7 +25,11 @@ def main() -> int:
     import importlib.util
 
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from lerobot.datasets.utils import dataset_to_policy_features
+
+    try:  # LeRobot 0.4
+        from lerobot.datasets.utils import dataset_to_policy_features
+    except ImportError:  # 0.5 and later
+        from lerobot.utils.feature_utils import dataset_to_policy_features
 
     backend = "pyav"
     if importlib.util.find_spec("torchcodec") is not None:
@@ -38,10 +42,15 @@ def main() -> int:
     for number, root in enumerate(sys.argv[2:]):
         try:
             if root.startswith("v21:"):
-                from lerobot.datasets.v30.convert_dataset_v21_to_v30 import convert_dataset
-
                 root = root[len("v21:"):]
-                convert_dataset(Path(root).name, root=Path(root).parent, push_to_hub=False, force_conversion=True)
+                try:  # LeRobot 0.4: root is the parent of <repo_id>
+                    from lerobot.datasets.v30.convert_dataset_v21_to_v30 import convert_dataset
+
+                    convert_dataset(Path(root).name, root=Path(root).parent, push_to_hub=False, force_conversion=True)
+                except ImportError:  # 0.5 and later: root is the dataset itself
+                    from lerobot.scripts.convert_dataset_v21_to_v30 import convert_dataset
+
+                    convert_dataset(Path(root).name, root=Path(root), push_to_hub=False, force_conversion=True)
             result, images = read(LeRobotDataset, dataset_to_policy_features, Path(root), backend)
         except Exception as exc:  # the test shows LeRobot's own complaint
             (out / f"{number}.json").write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}",
@@ -74,6 +83,7 @@ def read(LeRobotDataset, dataset_to_policy_features, root: Path, backend: str):
         frames.append(frame)
     result = {
         "backend": backend,
+        "lerobot": _version(),
         "codebase_version": meta.info["codebase_version"],
         "num_episodes": ds.num_episodes,
         "num_frames": ds.num_frames,
@@ -85,6 +95,12 @@ def read(LeRobotDataset, dataset_to_policy_features, root: Path, backend: str):
                             for key, f in dataset_to_policy_features(meta.features).items()},
     }
     return result, {key.replace("/", "_"): np.stack(frames_) for key, frames_ in images.items() if frames_}
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("lerobot")
 
 
 def _plain(value):

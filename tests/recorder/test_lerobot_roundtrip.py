@@ -52,6 +52,7 @@ def read_with_lerobot(tmp_path: Path, *datasets: str) -> list[tuple[dict, dict]]
         assert "error" not in result, f"LeRobot refused {datasets[number]}: {result.get('traceback')}"
         with np.load(out / f"{number}.npz") as images:
             results.append((result, {k: images[k] for k in images.files}))
+    print(f"read by LeRobot {results[0][0]['lerobot']} (video decoder: {results[0][0]['backend']})")
     return results
 
 

@@ -4,7 +4,8 @@ At every control tick the executor reports what it saw and sent (`TickObserver.o
 tick t records, as LeRobot datasets do, the observation at t and the command the motors were given for the
 period that follows: the command sent at t if the controller executed it, otherwise (a hold tick, or a command
 the controller rejected: late, out of limits, too fast) the last command it did execute, which is what holding
-keeps. Which commands ran is known only from the controller's state reports (``seq_applied``; see
+keeps. Which commands ran, and with which values (``applied``, wire v2; a v1 controller actuates the values
+sent or nothing), is known only from the controller's state reports (``seq_applied``; see
 `vla_edge.stream.ActionStream.applied_since`), so a frame is written ``resolve_after_ticks`` ticks later, or at
 the end of the step after waiting (bounded) for the report of its last command. A command the controller
 rejected is therefore never recorded as executed. Frames before the controller executed anything (nothing to
@@ -79,7 +80,7 @@ class RecordingObserver(TickObserver):
         self.failures = 0
         self._broken = False  # the episode in progress lost a frame: it is discarded at its end
         self._sent: dict[int, np.ndarray] = {}
-        self._executed: dict[int, tuple[float, ...]] = {}  # seq -> actual reported right after it ran
+        self._executed: dict[int, object] = {}  # seq -> the stream's AppliedCommand (actual, applied values)
         self._pending: deque[_Frame] = deque()
         self._ticks = 0
 
@@ -120,7 +121,7 @@ class RecordingObserver(TickObserver):
         oldest = min((f.command for f in self._pending if f.command is not None), default=None)
         since = min(oldest, max(self._executed, default=oldest)) if oldest is not None else 0
         for applied in self.commands.applied_since(since):
-            self._executed.setdefault(applied.seq, applied.actual)
+            self._executed.setdefault(applied.seq, applied)
 
     def _write(self, frame: _Frame) -> None:
         command = frame.command
@@ -129,16 +130,19 @@ class RecordingObserver(TickObserver):
             self.frames_without_command += 1
             return
         ran = max(executed)
-        values = self._sent.get(ran)
+        applied = self._executed[ran]
+        # The values as the controller reports it actuated them (wire v2), else as sent (a v1 controller
+        # actuates a command's values unchanged or not at all).
+        values = np.asarray(applied.applied, np.float32) if applied.applied else self._sent.get(ran)
         if values is None:  # executed before this observer saw it sent (not ours to describe)
             self.frames_without_command += 1
             return
         if ran == command:
-            actual = self._executed[ran]
+            actual = applied.actual
         else:
             self.frames_held += 1
             report = self.commands.latest_state()
-            actual = tuple(report.actual) if report is not None else self._executed[ran]
+            actual = tuple(report.actual) if report is not None else applied.actual
         if self._broken:
             return
         recorded_actual = np.asarray(actual, np.float32) if self.recorder.features.actual_names else None
