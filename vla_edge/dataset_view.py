@@ -49,7 +49,18 @@ def interventions(root: Path, episode: int) -> np.ndarray:
 
 
 def episode_success(root: Path, episode: int) -> bool | None:
-    path = root / "meta" / "episodes.jsonl"  # v2.1; v3.0 keeps episodes in parquet (not read here)
+    """The recorder's ``success`` for an episode: v3.0 keeps it in meta/episodes/*.parquet, v2.1 in episodes.jsonl."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for table_path in sorted((root / "meta" / "episodes").glob("*/*.parquet")):
+        if "success" not in pq.read_schema(table_path).names:
+            return None
+        table = pq.read_table(table_path, columns=["episode_index", "success"])
+        rows = table.filter(pc.equal(table["episode_index"], episode))["success"].to_pylist()
+        if rows:
+            return bool(rows[0])
+    path = root / "meta" / "episodes.jsonl"
     if not path.is_file():
         return None
     for line in path.read_text(encoding="utf-8").splitlines():
