@@ -474,9 +474,9 @@ class PolicyRunner:
 
     def _raw_state(self, state: np.ndarray) -> np.ndarray:
         values = np.asarray(state, dtype=np.float32).reshape(-1)
-        if values.shape[0] != self.state_dim:
-            raise PolicyInputError(f"state must have {self.state_dim} values, got {values.shape[0]}")
-        if not np.all(np.isfinite(values)):
+        if values.shape[0] != self._state_dim:
+            raise PolicyInputError(f"state must have {self._state_dim} values, got {values.shape[0]}")
+        if not np.isfinite(values).all():
             raise PolicyInputError(f"state has non-finite values: {values.tolist()}")
         return values
 
@@ -503,7 +503,7 @@ class PolicyRunner:
             if mask in self._sources:
                 values[mask] = np.ones((1, len(entries)) if many else (1,), dtype=bool)
         state_spec = spec.state
-        states = np.stack([e.state for e in entries])
+        states = np.stack([e.state for e in entries]) if many else entries[-1].state[None]
         if not state_spec.normalisation.in_graph:
             states = normalise(states, state_spec.normalisation)
         states = pad_last(states, state_spec.padded_dim)

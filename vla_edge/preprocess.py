@@ -44,6 +44,9 @@ def prepare_view(frame: np.ndarray, view: CameraView) -> np.ndarray:
     Order (docs/bundle-format.md): value mapping (float32 views) → mean/std → resize (or resize with pad) → layout.
     """
     image = check_frame(frame, view.name)
+    if view.dtype == "uint8" and view.layout == "hwc" and image.shape[0] == view.height \
+            and image.shape[1] == view.width and image.flags.c_contiguous:
+        return image  # already what the graph takes (the reference's camera): no copy
     if view.dtype == "float32":
         lo, hi = view.value_range
         image = image.astype(np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo)
