@@ -156,7 +156,9 @@ def run_bundle_step(bundle_dir: Path, tmp_path: Path, instruction: str, precisio
     """One task step of ``bundle_dir`` on the generic arm, through the whole daemon (real sockets, real ONNX
     Runtime, the controller client, a camera stream per view). ``teleop``: instead of the policy, an operator's take-
     over sends these `TeleopCommand`s (0.2 s apart; the last should say done). ``extra``: config sections to
-    override. Returns what was actuated, the chunks' shapes and latencies, and the step's report."""
+    override, e.g. ``confidence={"enabled": False}`` for a random-weight policy whose chunks jump (the gate would
+    refuse them), or ``policy={"precision": "int8"}``. Returns what was actuated, the chunks' shapes and latencies,
+    and the step's report."""
     from vla_edge.policy import manifest_v2
     from vla_edge.service import Daemon
 
