@@ -71,6 +71,8 @@ class BuildConfig:
     enforce_gate: bool = True
     checkpoint: Path | None = None
     threads: int = 1  # see TrainConfig.threads
+    horizon: int = 8  # actions per chunk (NetConfig.horizon); 50 for the slow-path variant (docs/scheduler.md)
+    name: str = BUNDLE_NAME
 
     @classmethod
     def quick(cls, out: Path, work: Path) -> BuildConfig:
@@ -164,7 +166,7 @@ def _manifest(
         )
     norm = result.normalisation
     return BundleManifest(
-        name=BUNDLE_NAME,
+        name=cfg.name,
         version=BUNDLE_VERSION,
         description=(
             "Reference VLA for the hil tabletop world: CNN with keypoints + bag-of-words instruction encoder + "
@@ -251,7 +253,8 @@ def build(cfg: BuildConfig, console: Console) -> int:
                 if not console.is_terminal and step % 1000 == 0:
                     console.log(f"train: iteration {step}, flow loss {loss:.4f}")  # progress in a log file
 
-            result = train(demos, train_cfg, on_log=on_log)
+            overrides = None if cfg.horizon == 8 else {"horizon": cfg.horizon}
+            result = train(demos, train_cfg, net_overrides=overrides, on_log=on_log)
             save_checkpoint(result, cfg.work / "checkpoint.pt")
         console.log(
             f"train: {count_parameters(result.model)} parameters, {result.iterations} iterations in "
@@ -318,7 +321,7 @@ def build(cfg: BuildConfig, console: Console) -> int:
     write_manifest(_manifest(cfg, staging, result, reports, stats, figures), staging)
     load_bundle(staging)  # the final manifest must validate and match the files
 
-    table = Table(title=f"bundle {BUNDLE_NAME} {BUNDLE_VERSION}")
+    table = Table(title=f"bundle {cfg.name} {BUNDLE_VERSION}")
     for column in ("variant", "size", "action MAE", "max err", "per-step success", "steps", "encode+K=8 ms", "gate"):
         table.add_column(column)
     manifest = load_bundle(staging).manifest
@@ -363,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-chains", type=int, help="closed-loop chains per variant (default 30, 10 steps each)")
     parser.add_argument("--checkpoint", type=Path, help="skip training: export this checkpoint (from train.py)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--horizon", type=int, help="actions per chunk (default 8; docs/scheduler.md trains 50)")
+    parser.add_argument("--name", help="bundle name in the manifest (default reference)")
     args = parser.parse_args(argv)
     cfg = BuildConfig.quick(args.out, args.work) if args.quick else BuildConfig(out=args.out, work=args.work)
     overrides = {
@@ -373,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval_chains": args.eval_chains,
         "checkpoint": args.checkpoint,
         "seed": args.seed,
+        "horizon": args.horizon,
+        "name": args.name,
     }
     cfg = BuildConfig(**{**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     console = Console(stderr=True)

@@ -112,12 +112,24 @@ class SchedulerSettings(Section):
         description="Defaults to the bundle's control rate (which must then lie in the same bounds).",
     )
     replan_when_remaining: int = Field(4, ge=1, description="Request the next chunk when this few actions remain.")
-    boundary: Literal["none", "freeze", "blend"] = Field(
+    boundary: Literal["none", "freeze", "rtc", "blend"] = Field(
         "none",
         description="Chunk boundary: none (the new chunk takes over; the jerk check guards the junction), freeze "
-        "(condition the new chunk on the actions committed during inference) or blend (cross-fade).",
+        "(the new chunk starts with the actions that run during the measured inference delay), rtc (real-time "
+        "chunking: that frozen prefix, and the sampler guided towards the rest of the executing chunk; for slow "
+        "policies) or blend (cross-fade). docs/scheduler.md has the measurements.",
     )
     blend_steps: int = Field(3, ge=1)
+    request_by_delay: StrictBool = Field(
+        True,
+        description="Request the next chunk when the actions left fall to the measured inference delay + 1 (at "
+        "least replan_when_remaining), so the arm keeps moving while a slow policy computes. false: at "
+        "replan_when_remaining only (a policy slower than that holds the arm at every chunk).",
+    )
+    delay_quantile: float = Field(
+        0.9, gt=0, le=1, description="The inference delay estimate: this quantile of the recent delays, in ticks."
+    )
+    delay_window: int = Field(20, ge=1, description="How many recent chunks the delay estimate looks at.")
     plan_ahead: StrictBool = Field(
         True,
         description="Request the next chunk half a tick after an action is sent, from the frame that shows it, for "

@@ -31,7 +31,6 @@ calibrate`` pass the same policy and the simulated arm of the reference world on
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +46,7 @@ from vla_edge.operator.escalation import TeleopChannel
 from vla_edge.routing import TieredPlanner
 from vla_edge.scheduler import (
     ChunkScheduler,
+    DelayEstimator,
     InferenceRequest,
     PlannedChunk,
     RateLoop,
@@ -88,7 +88,11 @@ class ChunkPolicy(Protocol):
     def action_dim(self) -> int: ...
 
     def infer(self, image: np.ndarray, state: np.ndarray, instruction: str, num_samples: int = 8,
-              prefix: np.ndarray | None = None, t_obs_ns: int | None = None) -> ChunkSamples: ...
+              prefix: np.ndarray | None = None, t_obs_ns: int | None = None,
+              guide: np.ndarray | None = None) -> ChunkSamples:
+        """``prefix``: actions the chunk must start with; ``guide``: the executing chunk's actions after them, a
+        soft target (real-time chunking, ``scheduler.boundary = "rtc"``; only passed when there is one)."""
+        ...
 
 
 class Camera(Protocol):
@@ -166,6 +170,9 @@ class ExecutorSettings:
     step_timeout_s: float
     state_dim: int
     plan_ahead: bool = True  # request the next chunk half a tick after an action is sent (scheduler.plan_ahead)
+    request_by_delay: bool = True  # scheduler.request_by_delay: ask early enough for the measured inference delay
+    delay_quantile: float = 0.9  # scheduler.delay_quantile
+    delay_window: int = 20  # scheduler.delay_window
     realtime_priority: int | None = None  # SCHED_FIFO for the tick thread while a step runs (scheduler.realtime_tick)
     gil_switch_interval_ms: float = 0.5
     resample_tries: int = 0  # recovery.resample_tries: re-samples of a refused chunk before escalating
@@ -190,6 +197,9 @@ class ExecutorSettings:
             boundary=s.scheduler.boundary,
             blend_steps=s.scheduler.blend_steps,
             plan_ahead=s.scheduler.plan_ahead,
+            request_by_delay=s.scheduler.request_by_delay,
+            delay_quantile=s.scheduler.delay_quantile,
+            delay_window=s.scheduler.delay_window,
             max_frame_age_ms=s.camera.max_frame_age_ms,
             step_timeout_s=s.task.step_timeout_s,
             state_dim=manifest.state_dim,
@@ -257,7 +267,6 @@ class PolicyStepExecutor:
         # One tick grid for the executor's life: consecutive steps never put two ticks in one period.
         self._loop = RateLoop(settings.control_rate_hz, self.clock)
         period_s = 1.0 / settings.control_rate_hz
-        delay_s = settings.simulated_inference_delay_s or 0.0
         self._scheduler = ChunkScheduler(
             self._plan,
             self._observe,
@@ -266,8 +275,10 @@ class PolicyStepExecutor:
             replan_when_remaining=settings.replan_when_remaining,
             boundary=settings.boundary,  # type: ignore[arg-type]
             blend_steps=settings.blend_steps,
-            expected_delay_ticks=max(1, math.ceil(delay_s / period_s - 1e-9)),
             plan_ahead=settings.plan_ahead,
+            request_by_delay=settings.request_by_delay,
+            # The inference delay is measured, not assumed: the first chunk's arrival gives the first estimate.
+            delay=DelayEstimator(settings.delay_quantile, settings.delay_window),
             recovery=Recovery(settings.resample_tries if settings.gate else 0,
                               int(round(settings.resample_deadline_s / period_s))),
             inference=inference,
@@ -569,19 +580,24 @@ class PolicyStepExecutor:
         k = self.settings.num_samples
         if request.attempt > 0 and self.settings.resample_num_samples is not None:
             k = self.settings.resample_num_samples
-        samples = self.policy.infer(obs.policy_input, obs.state, obs.instruction, k, prefix,
-                                    t_obs_ns=obs.t_capture_ns)
-        chunk = select_chunk(samples.actions)
         with self._memory.lock:
+            # As at the request: a slow policy's worker would otherwise see actions sent while it computed.
             previous, previous_start = self._memory.samples, self._memory.start_tick
             last = self._memory.last_executed
+        # Guidance is passed only when there is some, so a policy without it is called as before.
+        extra = {"guide": request.guide} if request.guide is not None else {}
+        samples = self.policy.infer(obs.policy_input, obs.state, obs.instruction, k, prefix,
+                                    t_obs_ns=obs.t_capture_ns, **extra)
+        chunk = select_chunk(samples.actions)
+        with self._memory.lock:
             override, self._memory.override_next = self._memory.override_next, False
         tier = "local"
         if self.monitor is None:
             verdict = Verdict(True, (), "confidence checks disabled")
         else:
-            context = ChunkContext(previous, previous_start, request.start_tick,
-                                   prefix[-1] if prefix is not None else last)
+            # The jerk check starts from the action sent before the chunk's first tick; a frozen prefix is the
+            # chunk's own first rows (prefix[-1] would put a false jump from its end back to its start).
+            context = ChunkContext(previous, previous_start, request.start_tick, last)
             verdict = self.monitor.evaluate(samples, chunk, context)
             if self.router is not None:
                 routed = self.router.route(obs, prefix, k, samples, chunk, verdict, context,

@@ -39,7 +39,16 @@ from vla_edge.preprocess import (
     pad_last,
     prepare_view,
 )
-from vla_edge.samplers import DiffusionSchedule, FlowSchedule, flow_inpaint
+from vla_edge.samplers import (
+    DiffusionSchedule,
+    FlowSchedule,
+    blend_towards,
+    flow_inpaint,
+    guidance_step,
+    guidance_target,
+    guidance_weights,
+    predicted_chunk,
+)
 from vla_edge.tokenizer import PromptTokenizer, WordTokenizer
 from vla_edge.types import ChunkSamples
 
@@ -566,6 +575,24 @@ class PolicyRunner:
             norm = np.clip(norm, -1.0, 1.0)
         return norm
 
+    def _prepare_guide(self, guide: np.ndarray | None, frozen: int) -> np.ndarray | None:
+        """The previous chunk's actions after the frozen prefix (physical units), normalised, at most up to the end of
+        the horizon; None when there are none."""
+        if guide is None:
+            return None
+        guide = np.asarray(guide, dtype=np.float32)
+        if guide.ndim != 2 or guide.shape[1] != self.action_dim:
+            raise PolicyInputError(f"guide must be m×{self.action_dim}, got shape {guide.shape}")
+        if not np.all(np.isfinite(guide)):
+            raise PolicyInputError("guide has non-finite values")
+        guide = guide[: max(0, self.horizon - frozen)]
+        if guide.shape[0] == 0:
+            return None
+        norm = self.normalise_actions(guide)
+        if self.manifest.action.normalisation.mode == "min_max":
+            norm = np.clip(norm, -1.0, 1.0)
+        return norm
+
     def _noise(self, k: int, noise: np.ndarray | SamplerNoise | None) -> tuple[np.ndarray, np.ndarray | None]:
         shape = (k, *self._model_shape)
         steps = None
@@ -650,14 +677,19 @@ class PolicyRunner:
         prefix: np.ndarray | None = None,
         noise: np.ndarray | SamplerNoise | None = None,
         clip: bool = True,
+        guide: np.ndarray | None = None,
     ) -> ChunkSamples:
         """K chunks (K×H×A, physical units, clipped to the action limits unless ``clip`` is False: parity checks
         compare the policy's own output) with the bundle's sampler.
 
         ``prefix`` (d×A, d < H, physical units) = actions already committed: flow and diffusion samplers inpaint
-        them at every step so the chunk continues them; single_pass copies them over the chunk's start. ``noise``
-        (array [K, model_horizon, A_pad], or SamplerNoise with every step's noise) replaces the runner's own draws
-        (parity checks). single_pass always returns K = 1.
+        them at every step so the chunk continues them; single_pass copies them over the chunk's start. ``guide``
+        (m×A, m ≥ 0) turns on real-time chunking (`vla_edge.samplers`): its rows are the previous chunk's actions
+        after the prefix, a soft target with decaying weights; flow samplers are guided towards prefix and guide
+        (one extra probe per Euler step, batched with the samples), diffusion samplers replace the guide rows by
+        weight, single_pass blends them in; rows past the horizon are ignored. ``noise`` (array [K, model_horizon, A_pad],
+        or SamplerNoise with every step's noise) replaces the runner's own draws (parity checks). single_pass
+        always returns K = 1.
         """
         if num_samples < 1:
             raise PolicyInputError(f"num_samples must be at least 1, got {num_samples}")
@@ -668,6 +700,11 @@ class PolicyRunner:
         d = 0 if prefix_norm is None else prefix_norm.shape[0]
         a, s0 = self._action_dim, self._execute_start
         window = (slice(None), slice(s0, s0 + d), slice(0, a))
+        guide_norm = self._prepare_guide(guide, d)
+        m = 0 if guide_norm is None else guide_norm.shape[0]
+        guided = (slice(None), slice(s0 + d, s0 + d + m), slice(0, a))
+        weights = guidance_weights(m)
+        rtc = guide is not None and (d > 0 or m > 0)  # real-time chunking asked for, with something to continue
         statics = self._step_values(encoded, k)
         if self._single_pass:
             output = spec.sampler.output
@@ -677,6 +714,8 @@ class PolicyRunner:
                 x = np.asarray(self._run_steps(statics, np.empty(0, np.float32), np.empty(0, np.float32)),
                                dtype=np.float32)
             x = x.copy()
+            if m:
+                x[guided] = blend_towards(x[guided], guide_norm, weights)
             if d:
                 x[window] = prefix_norm
         else:
@@ -689,16 +728,32 @@ class PolicyRunner:
                     times = self._times[k] = [np.full((k,), t, dtype=np.float32) for t in flow.times]
                 coefficient = np.float32(flow.coefficient)
                 fast = self._fast_step(statics)
+                if rtc:
+                    target, target_weights = guidance_target(self._model_shape, s0, a, prefix_norm, guide_norm)
+                    statics2 = self._step_values(encoded, 2 * k)  # the samples and their probes in one batch
+                direction: np.ndarray | None = None  # W ⊙ (Y − Â) of the previous step: the guidance probe
                 for i, t in enumerate(times):
+                    progress = float(flow.progress[i])
                     if d:
-                        x[window] = flow_inpaint(float(flow.progress[i]), x0[window], prefix_norm)
-                    if fast is not None:
+                        x[window] = flow_inpaint(progress, x0[window], prefix_norm)
+                    if direction is not None:
+                        both = np.concatenate([x, x + direction])
+                        out = np.asarray(self._run_steps(statics2, both, np.full(2 * k, t[0], np.float32)), np.float32)
+                        velocity, probe = out[:k], out[k:]
+                    elif fast is not None:
                         session, feed, x_name, t_name = fast
                         feed[x_name], feed[t_name] = x, t
                         velocity = session.run(self._sampler_output_only, feed)[0]
                     else:
                         velocity = self._run_steps(statics, x, t)
-                    x = x + coefficient * velocity
+                    step = coefficient * velocity
+                    if rtc:
+                        predicted = predicted_chunk(x, step, progress, len(times))
+                        if direction is not None:
+                            probed = predicted_chunk(x + direction, coefficient * probe, progress, len(times))
+                            step = step + guidance_step(probed, predicted, progress, len(times))
+                        direction = (target_weights * (target - predicted)).astype(np.float32)
+                    x = x + step
             else:
                 sched = self._diffusion
                 assert sched is not None
@@ -706,6 +761,8 @@ class PolicyRunner:
                 for i, step in enumerate(sched.steps):
                     if d:
                         x[window] = sched.inpaint(i, x0[window], prefix_norm)
+                    if m:
+                        x[guided] = sched.soft_inpaint(i, x[guided], x0[guided], guide_norm, weights)
                     t = np.full((k,), step.timestep, dtype=np.int64)
                     out = np.asarray(self._run_steps(statics, x, t), dtype=np.float32)
                     eps = None
@@ -739,13 +796,14 @@ class PolicyRunner:
         num_samples: int = 8,
         prefix: np.ndarray | None = None,
         t_obs_ns: int | None = None,
+        guide: np.ndarray | None = None,
     ) -> ChunkSamples:
         """set_instruction + encode + sample, in one call."""
         if instruction != self._instruction:
             self.set_instruction(instruction)
         else:
             self._last_instruction_ms = 0.0
-        return self.sample(self.encode(image, state, t_obs_ns), num_samples, prefix)
+        return self.sample(self.encode(image, state, t_obs_ns), num_samples, prefix, guide=guide)
 
     def __call__(self, image: np.ndarray, state: np.ndarray, instruction: str) -> np.ndarray:
         """The hil rollout's policy interface: one chunk (H×A) from one sample."""

@@ -4,6 +4,13 @@ DDPM and DDIM follow diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` (what LeRo
 line by line, in float32 as they compute with a float32 model; ``tests/policy/test_samplers.py`` checks them against
 diffusers itself on the same model outputs and noise. The graph calls live in ``vla_edge.policy``; here only the
 schedule, the update and the inpainting of a committed prefix.
+
+Real-time chunking (Black et al., "Real-Time Execution of Action Chunking Flow Policies", arXiv 2506.07339): a
+chunk planned while the previous one still runs continues it. The actions that run while the chunk is computed are
+a *frozen prefix*, inpainted exactly at every step; the rest of the previous chunk after them is a *soft target*
+with weights that decay to 0 (`guidance_weights`). Flow samplers follow it with the paper's guidance
+(`flow_guidance`), diffusion samplers by weighted replacement of the noised target (`DiffusionSchedule.soft_inpaint`), and
+single-pass policies by blending (`blend_towards`).
 """
 
 from __future__ import annotations
@@ -42,6 +49,75 @@ class FlowSchedule:
 def flow_inpaint(progress: float, noise: np.ndarray, prefix: np.ndarray) -> np.ndarray:
     """The committed prefix at flow progress s (0: noise, 1: data): (1 − s)·noise + s·prefix."""
     return ((1.0 - progress) * noise + progress * prefix).astype(np.float32)
+
+
+# ---- real-time chunking: soft guidance over the rest of the previous chunk --------------------------------------
+GUIDANCE_CLIP = 5.0  # β, the paper's clip on the guidance weight (its value: 5)
+
+
+def guidance_weights(rows: int) -> np.ndarray:
+    """The soft-mask weights of the ``rows`` actions after the frozen prefix (RTC eq. 5): with c_j = (rows − j) /
+    (rows + 1), W_j = c_j·(e^{c_j} − 1)/(e − 1): just under 1 next to the prefix, decaying to near 0 at the end of
+    the previous chunk (the new chunk owns everything after it)."""
+    if rows <= 0:
+        return np.zeros(0, np.float32)
+    c = (rows - np.arange(rows, dtype=np.float64)) / (rows + 1)
+    return (c * np.expm1(c) / math.expm1(1.0)).astype(np.float32)
+
+
+def guidance_scale(progress: float, clip: float = GUIDANCE_CLIP) -> float:
+    """min(β, (1 − τ)/(τ·r²)) with r² = (1 − τ)²/(τ² + (1 − τ)²), τ the flow progress (0: noise, 1: data)."""
+    if progress <= 0.0:
+        return clip
+    if progress >= 1.0:
+        return 0.0
+    r2 = (1.0 - progress) ** 2 / (progress**2 + (1.0 - progress) ** 2)
+    return float(min(clip, (1.0 - progress) / (progress * r2)))
+
+
+def guidance_target(model_shape: tuple[int, int], offset: int, action_dim: int, prefix: np.ndarray | None,
+                    guide: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The target chunk Y and the weights W over the model's [horizon, padded dim] chunk: the frozen prefix (W = 1)
+    and the guided rows after it (decaying W) from row ``offset`` (the bundle's execute_start), 0 elsewhere."""
+    target = np.zeros(model_shape, np.float32)
+    weights = np.zeros(model_shape, np.float32)
+    row = offset
+    for rows, w in ((prefix, None), (guide, "decay")):
+        if rows is None or rows.shape[0] == 0:
+            continue
+        n = rows.shape[0]
+        target[row : row + n, :action_dim] = rows
+        weights[row : row + n, :action_dim] = 1.0 if w is None else guidance_weights(n)[:, None]
+        row += n
+    return target, weights
+
+
+def predicted_chunk(x: np.ndarray, step: np.ndarray, progress: float, steps: int) -> np.ndarray:
+    """Â = x + (1 − τ)·u: where the flow would end from x at progress τ with its current velocity u, u being
+    ``step·steps`` (``step`` is what one Euler step adds)."""
+    return (x + (1.0 - progress) * steps * step).astype(np.float32)
+
+
+def guidance_step(probe_prediction: np.ndarray, prediction: np.ndarray, progress: float, steps: int,
+                  clip: float = GUIDANCE_CLIP) -> np.ndarray:
+    """What real-time chunking's guidance adds to one Euler step, from a Jacobian-vector product taken by a secant.
+
+    The paper's correction (RTC eq. 2–4, ΠGDM) is scale(τ)·(Y − Â)ᵀ·diag(W)·∂Â/∂x, a vector-Jacobian product
+    through the network, which needs a backward pass ONNX Runtime does not have. For a denoiser that predicts the
+    posterior mean, ∂Â/∂x is a posterior covariance times a scalar (Tweedie's formula), hence symmetric, so the
+    product equals the Jacobian-vector product J·g with g = W ⊙ (Y − Â), which a forward pass gives:
+    J·g ≈ Â(x + g) − Â(x) (a secant of step 1, robust to int8 graphs whose activations are quantized at run time).
+    The direction g is the previous Euler step's, so the probe x + g runs in the same batch as x (one step-graph
+    call of 2K samples per step instead of two calls). Coupling through J is the point: the residual on the frozen
+    prefix moves the rows after it, which is how the new chunk comes to continue the old one.
+    ``probe_prediction`` = Â(x + g), ``prediction`` = Â(x)."""
+    return (guidance_scale(progress, clip) / steps * (probe_prediction - prediction)).astype(np.float32)
+
+
+def blend_towards(x: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """W·target + (1 − W)·x row by row (single-pass policies: the previous chunk's rest blended in)."""
+    w = weights[None, :, None]
+    return (w * target[None] + (1.0 - w) * x).astype(np.float32)
 
 
 # ---- DDPM / DDIM -----------------------------------------------------------------------------------------------
@@ -170,3 +246,10 @@ class DiffusionSchedule:
         """The committed prefix noised to step ``index``'s level: sqrt(ᾱ_t)·prefix + sqrt(1 − ᾱ_t)·noise."""
         a_t = self.steps[index].alpha_prod
         return (np.sqrt(a_t) * prefix + np.sqrt(np.float32(1.0) - a_t) * noise).astype(np.float32)
+
+    def soft_inpaint(self, index: int, x: np.ndarray, noise: np.ndarray, target: np.ndarray,
+                     weights: np.ndarray) -> np.ndarray:
+        """Inpainting by replacement, weighted: each guided row becomes W·(target noised to this step) + (1 − W)·x
+        (W = 1 is the frozen prefix's exact replacement)."""
+        w = weights[None, :, None]
+        return (w * self.inpaint(index, noise, target) + (1.0 - w) * x).astype(np.float32)

@@ -11,11 +11,19 @@ The control tick (`ChunkScheduler.tick`) is the one place that decides what goes
   as in the synchronous loop the policy was evaluated in, and inference still overlaps execution. While the arm
   holds, the frame of this tick is as good, so the request goes out at once. Without ``plan_ahead`` the request is
   made at the tick from the frame taken before that tick's action, and the chunk's first row is usually late;
+  The threshold grows with the *measured* inference delay (`DelayEstimator`: a high quantile of how many ticks
+  recent chunks arrived after their first row was due), so a slow policy's next chunk is asked for while the
+  current one still has enough actions to run until it arrives (``request_by_delay``);
 * it splices an arrived chunk in from the current tick on. How the boundary is handled is a setting:
   ``none`` (the new chunk, planned from the newest observation and state, takes over; the confidence monitor's
-  jerk check guards the junction), ``freeze`` (the actions that run while inference is in flight are passed as a
-  frozen prefix, as in real-time chunking) or ``blend`` (cross-fade over a few ticks). ``none`` is the default
-  because it measured best with the reference policy, which was not trained with inpainting (docs/scheduler.md);
+  jerk check guards the junction), ``freeze`` (the actions that will run while inference is in flight, as many as
+  the estimated delay, are passed as a frozen prefix), ``rtc`` (real-time chunking: that frozen prefix, and the
+  rest of the executing chunk after it as a soft target the sampler is guided towards) or ``blend`` (cross-fade
+  over a few ticks). ``none`` is the default because it measured best with the reference policy at its
+  millisecond latency, which was not trained with inpainting (docs/scheduler.md);
+* a chunk whose request found the arm about to run out of actions, and which arrives after they ran out, is
+  re-timed: the arm held in between and did not move, so its first row not covered by the actions that ran is
+  due at the arrival tick, not dropped as late;
 * it holds when there is nothing valid to execute: no chunk, a rejected (low-confidence) chunk, no frame.
 """
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import sys
 import threading
@@ -43,14 +52,21 @@ HoldReason = str  # "no_chunk", "low_confidence", "inference_error", or why the 
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """Plan a chunk whose first action is due at ``start_tick``; ``prefix`` rows are already committed.
+    """Plan a chunk whose first action is due at ``start_tick``.
 
-    ``attempt`` is 0 for a chunk asked for in the normal course, n for the n-th re-sample after a refused chunk."""
+    ``prefix``: committed actions the new chunk must start with (frozen: they will run while it is computed);
+    ``guide``: with real-time chunking, the executing chunk's actions after the prefix (a soft target; possibly
+    none), else None;
+    ``committed``: how many consecutive actions from ``start_tick`` on were in the timeline when the request was
+    made (the arm runs those whatever the new chunk says). ``attempt`` is 0 for a chunk asked for in the normal
+    course, n for the n-th re-sample after a refused chunk."""
 
     observation: Observation
     start_tick: int
     prefix: np.ndarray
     attempt: int = 0
+    guide: np.ndarray | None = None
+    committed: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +116,8 @@ class SchedulerCounters:
     resamples: int = 0  # requests made to replace a refused chunk
     recovered: int = 0  # refusals followed by an accepted re-sample (no escalation)
     escalations: int = 0  # refusals that used up the re-samples
+    retimed: int = 0  # chunks that arrived after the arm had run out of actions: re-timed to start at arrival
+    delays_ticks: list[int] = field(default_factory=list)  # per chunk: ticks between its first row's due tick and arrival
     inference_errors: int = 0  # in a row (reset by a chunk); the tick reports "inference_error" while > 0
     inference_errors_total: int = 0
     latencies_ms: list[float] = field(default_factory=list)
@@ -119,6 +137,35 @@ class Recovery:
     deadline_ticks: int = 10
 
 
+class DelayEstimator:
+    """How late a requested chunk arrives, in control ticks: a high quantile of the most recent measurements.
+
+    A measurement is the number of ticks between the tick a chunk's first row was due and the tick the chunk was
+    taken in (0 for a policy that plans within half a tick). Pure logic: the scheduler feeds it; tests drive it."""
+
+    def __init__(self, quantile: float = 0.9, window: int = 20, initial: int = 0) -> None:
+        if not 0.0 < quantile <= 1.0:
+            raise ValueError(f"delay quantile must be in (0, 1], got {quantile}")
+        if window < 1:
+            raise ValueError(f"delay window must be at least 1, got {window}")
+        self._quantile = quantile
+        self._window = window
+        self._initial = max(0, int(initial))
+        self._recent: list[int] = []
+
+    def observe(self, ticks: int) -> None:
+        self._recent.append(max(0, int(ticks)))
+        del self._recent[: -self._window]
+
+    @property
+    def ticks(self) -> int:
+        """The estimate: the nearest-rank ``quantile`` of the window (the initial value before any measurement)."""
+        if not self._recent:
+            return self._initial
+        ordered = sorted(self._recent)
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(self._quantile * len(ordered)) - 1))]
+
+
 def _plan_or_error(planner: Planner, request: InferenceRequest) -> PlannedChunk | Exception:
     try:
         return planner(request)
@@ -131,7 +178,10 @@ class Inference(Protocol):
     """Runs planner requests: at most one in flight, and one finished result waiting (newest wins)."""
 
     @property
-    def busy(self) -> bool: ...
+    def busy(self) -> bool:
+        """A request is in flight or its result has not been taken yet: a request made now would be planned
+        without the actions of the chunk about to be spliced in."""
+        ...
 
     def submit(self, request: InferenceRequest) -> None: ...
 
@@ -160,7 +210,7 @@ class ThreadedInference:
     @property
     def busy(self) -> bool:
         with self._lock:
-            return self._busy or self._pending is not None
+            return self._busy or self._pending is not None or self._result is not None
 
     def submit(self, request: InferenceRequest) -> None:
         with self._lock:
@@ -216,7 +266,7 @@ class SimulatedInference:
 
     @property
     def busy(self) -> bool:
-        return self._waiting is not None and self._waiting[0] > self._clock.now_ns()
+        return self._waiting is not None
 
     def submit(self, request: InferenceRequest) -> None:
         submitted = self._clock.now_ns()
@@ -250,12 +300,14 @@ class ChunkScheduler:
         horizon: int,
         action_dim: int,
         replan_when_remaining: int = 4,
-        boundary: Literal["none", "freeze", "blend"] = "none",
+        boundary: Literal["none", "freeze", "rtc", "blend"] = "none",
         blend_steps: int = 3,
-        expected_delay_ticks: int = 1,
+        expected_delay_ticks: int = 0,
         plan_ahead: bool = True,
         recovery: Recovery = Recovery(),
         inference: Inference | None = None,
+        request_by_delay: bool = True,
+        delay: DelayEstimator | None = None,
     ) -> None:
         if not 1 <= replan_when_remaining < horizon:
             raise ValueError(f"replan_when_remaining must be in [1, {horizon - 1}], got {replan_when_remaining}")
@@ -265,7 +317,8 @@ class ChunkScheduler:
         self._replan_when_remaining = replan_when_remaining
         self._boundary = boundary
         self._blend_steps = blend_steps
-        self._delay_ticks = max(1, expected_delay_ticks)
+        self.delay = delay if delay is not None else DelayEstimator(initial=expected_delay_ticks)
+        self._request_by_delay = request_by_delay
         self._plan_ahead = plan_ahead
         self._recovery = recovery
         self._timeline: dict[int, tuple[np.ndarray, PlannedChunk]] = {}
@@ -304,6 +357,15 @@ class ChunkScheduler:
 
     def remaining(self, tick: int) -> int:
         return sum(1 for t in self._timeline if t >= tick)
+
+    def request_threshold(self) -> int:
+        """Ask for the next chunk when this few actions are left: ``replan_when_remaining``, or with
+        ``request_by_delay`` enough to run until a chunk asked for now arrives (estimated delay + 1), at most H − 1.
+        With a delay of H/2 ticks or more the arm cannot keep moving: a chunk runs out before the next arrives."""
+        threshold = self._replan_when_remaining
+        if self._request_by_delay:
+            threshold = max(threshold, min(self.delay.ticks + 1, self._horizon - 1))
+        return threshold
 
     # -- the control tick ------------------------------------------------------------------------------------
     def tick(self, tick: int) -> TickDecision:
@@ -361,6 +423,9 @@ class ChunkScheduler:
             return None, None
         self.counters.inference_errors = 0
         self.counters.latencies_ms.append(result.latency_ms)
+        late = tick - result.request.start_tick
+        self.counters.delays_ticks.append(late)
+        self.delay.observe(late)
         if not result.admitted:
             self.counters.chunks_rejected += 1
             self._refuse(result, tick)
@@ -386,8 +451,18 @@ class ChunkScheduler:
         self._blocked = result
 
     def _splice(self, planned: PlannedChunk, tick: int) -> None:
-        start = planned.request.start_tick
-        fresh = {start + i: planned.chunk[i] for i in range(planned.chunk.shape[0]) if start + i >= tick}
+        request = planned.request
+        start = request.start_tick
+        first_free = start + request.committed  # the first tick the timeline had no action for at request time
+        if tick > first_free:
+            # The actions committed when this chunk was asked for ran out before it arrived and the arm has held
+            # since: it did not move, so the plan continues from where it stopped, at this tick. Its rows for the
+            # committed ticks ran from the chunk before (or are frozen copies of them) and are skipped.
+            shift = tick - first_free
+            self.counters.retimed += 1
+            fresh = {start + i + shift: planned.chunk[i] for i in range(request.committed, planned.chunk.shape[0])}
+        else:
+            fresh = {start + i: planned.chunk[i] for i in range(planned.chunk.shape[0]) if start + i >= tick}
         if self._boundary == "blend":
             for k, t in enumerate(sorted(fresh)[: self._blend_steps]):
                 old = self._timeline.get(t)
@@ -403,17 +478,23 @@ class ChunkScheduler:
         (or a refused chunk is being replaced)."""
         if self._inference.busy or self._blocked is not None:
             return
-        if self.remaining(tick) > self._replan_when_remaining and not self._refusals:
+        if self.remaining(tick) > self.request_threshold() and not self._refusals:
             return
         observation = self._observe()
         if observation is None:
             return
         committed: list[np.ndarray] = []
-        if self._boundary == "freeze":
-            # The actions that will run while this request is being computed are committed: freeze them.
-            committed = [self._timeline[t][0] for t in range(tick, tick + self._delay_ticks) if t in self._timeline]
-        prefix = np.asarray(committed, dtype=np.float32).reshape(-1, self._action_dim)
-        request = InferenceRequest(observation=observation, start_tick=tick, prefix=prefix, attempt=self._refusals)
+        while tick + len(committed) in self._timeline:
+            committed.append(self._timeline[tick + len(committed)][0])
+        rows = np.asarray(committed, dtype=np.float32).reshape(-1, self._action_dim)
+        frozen = 0
+        if self._boundary in ("freeze", "rtc"):
+            # The actions that will run while this request is computed (as many as the estimated delay) are
+            # committed: the new chunk starts with them. Never the whole horizon: the chunk must add something.
+            frozen = min(self.delay.ticks, rows.shape[0], self._horizon - 1)
+        guide = rows[frozen:] if self._boundary == "rtc" else None  # rtc: guided, even with no rows after the prefix
+        request = InferenceRequest(observation=observation, start_tick=tick, prefix=rows[:frozen],
+                                   attempt=self._refusals, guide=guide, committed=rows.shape[0])
         self._inference.submit(request)
         self.counters.chunks_requested += 1
         if self._refusals:

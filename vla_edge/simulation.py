@@ -170,11 +170,13 @@ class SeededPolicy:
         return self.runner.action_dim
 
     def infer(self, image: np.ndarray, state: np.ndarray, instruction: str, num_samples: int = 8,
-              prefix: np.ndarray | None = None, t_obs_ns: int | None = None) -> ChunkSamples:
+              prefix: np.ndarray | None = None, t_obs_ns: int | None = None,
+              guide: np.ndarray | None = None) -> ChunkSamples:
         if instruction != self.runner.instruction:
             self.runner.set_instruction(instruction)
         noise = self.rng.standard_normal((num_samples, self.horizon, self.action_dim), dtype=np.float32)
-        return self.runner.sample(self.runner.encode(image, state, t_obs_ns), num_samples, prefix, noise=noise)
+        return self.runner.sample(self.runner.encode(image, state, t_obs_ns), num_samples, prefix, noise=noise,
+                                  guide=guide)
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -459,11 +461,13 @@ def chain_setup(seed: int, index: int, n_steps: int = N_STEPS) -> ChainSetup:
 
 
 def robot_for(setup: ChainSetup, runner: PolicyRunner, monitor: ConfidenceMonitor | None,
-              settings: ExecutorSettings, router: TieredPlanner | None = None) -> SimulatedRobot:
+              settings: ExecutorSettings, router: TieredPlanner | None = None,
+              observers: Sequence[TickObserver] = ()) -> SimulatedRobot:
     from hil.world import TabletopWorld
 
     return SimulatedRobot(TabletopWorld(setup.world_seed), runner, monitor, settings,
-                          np.random.default_rng(setup.noise_seed), np.random.default_rng(setup.expert_seed), router)
+                          np.random.default_rng(setup.noise_seed), np.random.default_rng(setup.expert_seed), router,
+                          observers)
 
 
 @dataclass
@@ -478,12 +482,14 @@ class AutonomousChain:
 
 
 def run_autonomous(setup: ChainSetup, runner: PolicyRunner, monitor: ConfidenceMonitor | None,
-                   settings: ExecutorSettings, router: TieredPlanner | None = None) -> AutonomousChain:
+                   settings: ExecutorSettings, router: TieredPlanner | None = None,
+                   observers: Sequence[TickObserver] = ()) -> AutonomousChain:
     """The policy alone on every step, every chunk actuated whatever its verdict (the verdicts are recorded). A
-    failed step is finished by the scripted expert only so the next step starts where the chain expects."""
+    failed step is finished by the scripted expert only so the next step starts where the chain expects.
+    ``observers`` see every tick of the policy's steps (a benchmark's own figures)."""
     from dataclasses import replace
 
-    robot = robot_for(setup, runner, monitor, replace(settings, gate=False, resample_tries=0), router)
+    robot = robot_for(setup, runner, monitor, replace(settings, gate=False, resample_tries=0), router, observers)
     stop = threading.Event()
     attempts: list[StepRun] = []
     try:

@@ -173,16 +173,25 @@ def test_an_approved_chunk_runs_despite_its_verdict():
     assert sched.counters.chunks_rejected == 0
 
 
-def test_prefix_carries_the_committed_actions():
+def test_prefix_carries_the_committed_actions_of_the_measured_delay():
+    """A chunk takes a quarter second (asked for mid-tick, it is there 2 ticks after its first row was due): the
+    two actions that run meanwhile are frozen, and they are exactly what then runs."""
     log: list[InferenceRequest] = []
-    with _make(_planner(_ramp, log=log), replan_when_remaining=4, boundary="freeze", expected_delay_ticks=2) as sched:
-        for tick in range(0, 12):
-            _drive(sched, tick)
+    clock = SimClock()
+    with _make(_planner(_ramp, log=log), clock=clock, delay_s=0.25, replan_when_remaining=4,
+               boundary="freeze") as sched:
+        sent = {}
+        for tick in range(0, 30):
+            decision = _drive(sched, tick, clock)
+            if decision.action is not None:
+                sent[tick] = decision.action
+        assert sched.delay.ticks == 2
     later = [req for req in log if req.prefix.shape[0] > 0]
-    assert later, "no request carried a frozen prefix"
+    assert len(later) >= 3, "no request carried a frozen prefix"
     for req in later:
-        assert req.prefix.shape == (2, A)
-        assert req.prefix[0, 0] == req.start_tick  # the committed action for the request's first tick
+        assert req.prefix.shape == (2, A) and req.guide is None
+        for i in range(2):
+            np.testing.assert_array_equal(req.prefix[i], sent[req.start_tick + i])
 
 
 def test_no_prefix_unless_freezing():
@@ -259,18 +268,22 @@ def test_plan_ahead_runs_every_chunks_first_row(plan_ahead):
                 clock.sleep_until_ns(tick * PERIOD_NS)
                 decision = sched.tick(tick)
             if decision.action is not None:
-                assert decision.action[0] == tick
+                # Asked for at tick 0 while the arm held, the first chunk arrives at tick 1: the arm has not moved,
+                # so it is re-timed to start there (plan-ahead asks half a tick early and needs no re-timing).
+                retimed = 0 if plan_ahead or decision.chunk.request.start_tick > 0 else 1
+                assert decision.action[0] == tick - retimed
                 rows.append(int(decision.action[1]))
     assert len(log) >= 5
     if plan_ahead:
         # Each chunk runs rows 0..3 (H - replan_when_remaining), planned from the frame after the last action.
         assert rows == [0, 1, 2, 3] * (len(rows) // 4) + [0, 1, 2, 3][: len(rows) % 4]
     else:
-        # Requested at the tick, a chunk arrives after its first tick has gone: its row 0 never runs.
-        assert 0 not in rows[1:] and rows.count(0) <= 1
+        # Requested at the tick, a chunk arrives after its first tick has gone: its row 0 never runs (only the
+        # first chunk's, re-timed after the hold it was asked for in).
+        assert rows[0] == 0 and 0 not in rows[1:]
 
 
-def test_a_long_simulated_inference_delay_keeps_the_chunk_away_for_its_ticks():
+def test_a_long_simulated_inference_delay_is_measured_and_requested_ahead_of():
     """1.5 s inference, 50-action chunks at 10 Hz: the chunk asked for at a tick is there 15 ticks later."""
     clock = SimClock()
     log: list[InferenceRequest] = []
@@ -281,15 +294,20 @@ def test_a_long_simulated_inference_delay_keeps_the_chunk_away_for_its_ticks():
         samples = ChunkSamples(chunk[None], np.zeros(4, np.float32), 0)
         return PlannedChunk(request, samples, Verdict(True, ()), chunk, latency_ms=1500.0)
 
-    sched = ChunkScheduler(plan, _observation, horizon=50, action_dim=A, replan_when_remaining=20,
+    sched = ChunkScheduler(plan, _observation, horizon=50, action_dim=A, replan_when_remaining=4,
                            inference=SimulatedInference(plan, clock, 1.5))
-    decisions = [_drive(sched, tick, clock) for tick in range(0, 40)]
+    decisions = [_drive(sched, tick, clock) for tick in range(0, 120)]
     first_action = next(d.tick for d in decisions if d.action is not None)
     assert first_action == 15
-    # Planned for tick 1: its first 14 rows are late and never run; row 14 runs at tick 15.
-    assert decisions[15].chunk.request.start_tick == 1 and decisions[15].action[0] == 15
-    # The next request went out when 20 actions were left, so the second chunk arrives before the first ends.
-    assert len(log) >= 2 and all(d.action is not None for d in decisions[15:40])
+    # Planned for tick 1 while the arm held, it arrives at tick 15 (14 ticks late): the arm did not move
+    # meanwhile, so the chunk is re-timed and its row 0 runs at tick 15 instead of its first 14 rows being dropped.
+    assert decisions[15].chunk.request.start_tick == 1 and decisions[15].action[0] == 1
+    assert sched.counters.retimed == 1 and sched.counters.delays_ticks[0] == 14
+    # The measured delay (14, then 15 ticks) moves the next request forward: it went out while 15 or more actions
+    # were left, not at replan_when_remaining (4), so the second chunk arrives before the first ends.
+    assert log[1].committed >= 15 and sched.delay.ticks == 15
+    assert len(log) >= 3 and all(d.action is not None for d in decisions[15:120])
+    assert sched.counters.late_dropped == 0
 
 
 def test_threaded_inference_delivers_and_discards():

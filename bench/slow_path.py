@@ -1,0 +1,249 @@
+"""The slow path: what a long inference delay does to the control loop, with and without real-time chunking.
+
+    python -m bench.slow_path --chains 50 --seed 7201 --out bench/results/slow_path        # reference (H = 8)
+    python -m bench.slow_path --bundle models/bundles/reference-h50 --out bench/results/slow_path-h50
+    python -m bench.slow_path --quick --out /tmp/slow                                         # CI smoke
+
+The reference world's ten-step chains, autonomous (the policy alone, every chunk actuated), on the robot's own
+executor and scheduler in simulated time (``vla_edge.simulation``), with the policy's real ONNX outputs; only the
+inference delay is simulated: a chunk asked for becomes available ``delay`` simulated seconds later (plus the half
+tick plan-ahead asks early). For each delay, the same chains run with each scheduling mode:
+
+* ``fixed``: the next chunk is asked for when ``replan_when_remaining`` (4) actions are left, whatever the delay
+  (the scheduler before issue 13; the arm holds whenever inference outlasts those 4 actions), new chunk takes over;
+* ``async``: asked for when the actions left fall to the measured delay + 1 (``request_by_delay``), new chunk
+  takes over at arrival (``boundary = none``): no real-time chunking;
+* ``rtc``: asked for the same way, the actions that run meanwhile frozen and the rest of the executing chunk a
+  guided soft target (``boundary = rtc``): real-time chunking;
+* ``freeze`` (``--modes`` only): the frozen prefix without guidance, as an ablation.
+
+Figures per (delay, mode): per-step and chain success (the simulator's judge), hold ticks after each step's first
+action (the first chunk of a step always waits for inference), boundary jerk (at each tick whose action comes from
+another chunk than the previous action's, holds in between included: the largest change over the position
+dimensions divided by the action space's ``max_delta``; > 1 is a jump the controller would refuse; the same within
+chunks for comparison), the measured delay of each chunk (ticks from its first row's due tick to its arrival), and
+chunks re-timed after a hold. No action is ever executed late (the scheduler drops a late one; in simulated time no
+tick is missed, so none is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_edge.executor import TickObserver
+from vla_edge.paths import REFERENCE_BUNDLE_DIR
+from vla_edge.scheduler import TickDecision
+from vla_edge.simulation import chain_setup, open_policy, run_autonomous, simulation_settings
+
+DELAYS_S = (0.0, 0.3, 1.0, 2.0)
+MODES = {
+    "fixed": {"boundary": "none", "request_by_delay": False},
+    "async": {"boundary": "none", "request_by_delay": True},
+    "freeze": {"boundary": "freeze", "request_by_delay": True},
+    "rtc": {"boundary": "rtc", "request_by_delay": True},
+}
+DEFAULT_MODES = ("fixed", "async", "rtc")
+DEV_SEED = 2000  # docs/evaluation-seeds.md: design choices are made on these chains
+
+
+@dataclass
+class SlowPathObserver(TickObserver):
+    """Counts, per policy step, the hold ticks after its first action and the jerk where chunks meet."""
+
+    max_delta: np.ndarray
+    dims: np.ndarray  # the action dimensions whose jerk is measured (the position ones)
+    holds_after_first: int = 0
+    ticks_after_first: int = 0
+    hold_reasons: dict[str, int] = field(default_factory=dict)
+    boundary_jerk: list[float] = field(default_factory=list)
+    within_jerk: list[float] = field(default_factory=list)
+    steps: int = 0
+    delays_ticks: list[int] = field(default_factory=list)  # per chunk: ticks from its first row's due tick to arrival
+    retimed: int = 0  # chunks that arrived after the arm ran out of actions (re-timed to start at arrival)
+    _last: np.ndarray | None = None
+    _last_chunk: int | None = None
+    _started: bool = False
+
+    def on_tick(self, decision: TickDecision, lateness_ns: int, sent: np.ndarray | None, frame: Any,
+                state: np.ndarray | None, instruction: str, intervention: bool) -> None:
+        if intervention:
+            return
+        arrived = decision.new_chunk
+        if arrived is not None:
+            request = arrived.request
+            self.delays_ticks.append(decision.tick - request.start_tick)
+            self.retimed += decision.tick > request.start_tick + request.committed
+        if sent is None:
+            if self._started:
+                self.holds_after_first += 1
+                self.ticks_after_first += 1
+                reason = decision.hold_reason or "?"
+                self.hold_reasons[reason] = self.hold_reasons.get(reason, 0) + 1
+            return  # the arm stays at the last action: the next one is measured against it
+        chunk = None if decision.chunk is None else id(decision.chunk)
+        if self._started:
+            self.ticks_after_first += 1
+        if self._last is not None:
+            jerk = float((np.abs(sent - self._last)[self.dims] / self.max_delta[self.dims]).max())
+            (self.boundary_jerk if chunk != self._last_chunk else self.within_jerk).append(jerk)
+        self._started = True
+        self._last, self._last_chunk = np.asarray(sent, np.float64), chunk
+
+    def on_step_end(self, report: Any, instruction: str) -> None:
+        self.steps += 1
+        self._last, self._last_chunk, self._started = None, None, False
+
+
+def run_cell(policy, bundle, monitor, chains: Sequence, delay_s: float, mode: str, samples: int) -> dict[str, Any]:
+    manifest = bundle.manifest
+    settings = simulation_settings(manifest, num_samples=samples, simulated_inference_delay_s=delay_s,
+                                   step_timeout_s=max(30.0, 30.0 * (1 + delay_s)), **MODES[mode])
+    space = manifest.action_space
+    observer = SlowPathObserver(np.asarray(space.max_delta, np.float64), np.arange(min(2, len(space.max_delta))))
+    steps, chain_ok = [], []
+    chunks = 0
+    started = time.perf_counter()
+    for setup in chains:
+        result = run_autonomous(setup, policy, monitor, settings, observers=[observer])
+        steps += [bool(s.success) for s in result.steps]
+        chain_ok.append(result.success)
+        chunks += sum(len(s.chunks) for s in result.steps)
+    delays = np.asarray(observer.delays_ticks or [0])
+    boundary = np.asarray(observer.boundary_jerk) if observer.boundary_jerk else np.zeros(1)
+    return {
+        "delay_s": delay_s,
+        "mode": mode,
+        "chains": len(chains),
+        "step_success": float(np.mean(steps)),
+        "chain_success": float(np.mean(chain_ok)),
+        "hold_ticks_after_first_action_per_step": observer.holds_after_first / max(1, observer.steps),
+        "hold_fraction_after_first_action": observer.holds_after_first / max(1, observer.ticks_after_first),
+        "hold_reasons": observer.hold_reasons,
+        "boundary_jerk_p50": float(np.percentile(boundary, 50)),
+        "boundary_jerk_p99": float(np.percentile(boundary, 99)),
+        "boundary_jerk_max": float(boundary.max()),
+        "boundaries_over_max_delta": float(np.mean(boundary > 1.0)),
+        "boundaries": len(observer.boundary_jerk),
+        "within_chunk_jerk_max": float(max(observer.within_jerk, default=0.0)),
+        "chunks": chunks,
+        "delay_ticks_median": float(np.median(delays)),
+        "delay_ticks_max": int(delays.max()),
+        "chunks_retimed": observer.retimed,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def save_plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    delays = sorted({r["delay_s"] for r in rows})
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for mode in modes:
+        cells = {r["delay_s"]: r for r in rows if r["mode"] == mode}
+        xs = [d for d in delays if d in cells]
+        axes[0].plot(xs, [cells[d]["step_success"] for d in xs], "o-", label=mode)
+        axes[1].plot(xs, [cells[d]["hold_fraction_after_first_action"] for d in xs], "o-", label=mode)
+        axes[2].plot(xs, [cells[d]["boundary_jerk_p99"] for d in xs], "o-", label=mode)
+    axes[0].set_ylim(0, 1.02)
+    axes[0].set_title("per-step success (policy alone)")
+    axes[1].set_title("hold ticks / ticks after a step's first action")
+    axes[1].set_ylim(0, 1.02)
+    axes[2].axhline(1.0, color="k", lw=0.8, ls="--")
+    axes[2].set_title("boundary jerk p99 (× max_delta)")
+    for ax in axes:
+        ax.set_xlabel("inference delay (s)")
+        ax.set_xticks(delays)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| delay | mode | per-step success | chain success | hold ticks per step after its first action | "
+             "hold share | boundary jerk p50 / p99 / max (× max_delta) | boundaries > max_delta |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['delay_s']:g} s | {r['mode']} | {r['step_success']:.1%} | {r['chain_success']:.0%} | "
+            f"{r['hold_ticks_after_first_action_per_step']:.1f} | {r['hold_fraction_after_first_action']:.0%} | "
+            f"{r['boundary_jerk_p50']:.2f} / {r['boundary_jerk_p99']:.2f} / {r['boundary_jerk_max']:.2f} | "
+            f"{r['boundaries_over_max_delta']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.slow_path", description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=REFERENCE_BUNDLE_DIR)
+    parser.add_argument("--precision", default="int8")
+    parser.add_argument("--chains", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=DEV_SEED)
+    parser.add_argument("--samples", type=int, default=8, help="K noise samples per chunk")
+    parser.add_argument("--delays", type=float, nargs="+", default=list(DELAYS_S))
+    parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=list(MODES))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/slow_path"))
+    parser.add_argument("--quick", action="store_true", help="2 chains, delays 0 and 1 s (CI smoke)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.chains, args.delays = min(args.chains, 2), [0.0, 1.0]
+
+    from vla_edge.simulation import base_monitor
+
+    bundle, policy = open_policy(args.bundle, args.precision, threads=1)
+    monitor = base_monitor(bundle)
+    chains = [chain_setup(args.seed, i) for i in range(args.chains)]
+    rows = []
+    for delay in args.delays:
+        for mode in args.modes:
+            row = run_cell(policy, bundle, monitor, chains, delay, mode, args.samples)
+            rows.append(row)
+            print(f"delay {delay:g} s {mode:>6}: per-step {row['step_success']:.1%}, chains "
+                  f"{row['chain_success']:.0%}, holds/step {row['hold_ticks_after_first_action_per_step']:.1f}, "
+                  f"jerk p99 {row['boundary_jerk_p99']:.2f} max {row['boundary_jerk_max']:.2f} "
+                  f"({row['wall_seconds']:.0f} s)", flush=True)
+    manifest = bundle.manifest
+    summary = {
+        "bundle": f"{manifest.name} {manifest.version}",
+        "horizon": policy.horizon,
+        "control_rate_hz": manifest.control_rate_hz,
+        "precision": args.precision,
+        "num_samples": args.samples,
+        "seed": args.seed,
+        "rows": rows,
+        "command": "python -m bench.slow_path " + " ".join(argv if argv is not None else _argv()),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "slow_path.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    (args.out / "slow_path.md").write_text(markdown(rows), encoding="utf-8")
+    horizon_s = policy.horizon / manifest.control_rate_hz
+    png = save_plot(rows, args.out / "slow_path.png",
+                    f"{manifest.name} ({args.precision}, chunk of {policy.horizon} actions = {horizon_s:g} s at "
+                    f"{manifest.control_rate_hz:g} Hz), {args.chains} chains of seed {args.seed}")
+    print(markdown(rows))
+    print(f"wrote {args.out / 'slow_path.json'} and {png}")
+    return 0
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
