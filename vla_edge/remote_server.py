@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_edge.bundle import Bundle, load_bundle
-from vla_edge.errors import VlaEdgeError
+from vla_edge.errors import BundleError, VlaEdgeError
 from vla_edge.policy import PolicyRunner
 from vla_edge.remote import MAX_REMOTE_SAMPLES, REMOTE_INPUTS, REMOTE_OUTPUTS
 
@@ -45,11 +45,16 @@ class RemoteSampler:
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", threads: int = 1) -> None:
         self.runner = PolicyRunner(bundle, precision, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads)
-        stats = bundle.manifest.embedding_stats
+        spec = self.runner.manifest
+        if spec.embedding_stats is None or len(spec.observation.cameras) != 1:
+            # The remote contract (docs/remote-tier.md) carries one image and an embedding for the local ood check.
+            raise BundleError(f"bundle {bundle.path}: the remote tier serves bundles with one camera view and an "
+                              "embedding (the remote contract's inputs)")
+        stats = spec.embedding_stats
         self._mean = np.asarray(stats.mean, dtype=np.float64)
         # precision = L Lᵀ, so |Lᵀ (e - mean)|² is the Mahalanobis distance² that the local OOD signal uses.
         self._whiten = np.linalg.cholesky(np.asarray(stats.precision, dtype=np.float64)).T
-        self._horizon = bundle.manifest.horizon
+        self._horizon = spec.horizon
 
     def answer(self, request: dict[str, np.ndarray]) -> RemoteAnswer:
         missing = [name for name in REMOTE_INPUTS if name not in request]

@@ -52,3 +52,12 @@ def test_upgrade_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["bundle", "upgrade", str(flow), str(tmp_path / "y")]) == 2
     assert "is already schema 2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_remote_tier_refuses_a_bundle_outside_its_contract(tmp_path: Path) -> None:
+    """The remote contract carries one image and an embedding: a two-view bundle is refused by name at start."""
+    from vla_edge.errors import BundleError
+    from vla_edge.remote_server import RemoteSampler
+
+    with pytest.raises(BundleError, match="the remote tier serves bundles with one camera view and an embedding"):
+        RemoteSampler(load_bundle(tiny.build_flow_bundle(tmp_path / "flow")), "fp32")
