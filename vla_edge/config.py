@@ -77,6 +77,11 @@ class CameraSettings(Section):
         None, gt=0, description="V4L2 frame rate to ask for; also the frame period bursts are judged against "
         "(else measured from the stream).",
     )
+    clock: Literal["auto", "source", "arrival"] = Field(
+        "auto",
+        description="What dates a frame: auto (a V4L2 device's buffer timestamps, an RTSP stream's RTP times, "
+        "arrival for anything else), source (also a URL's own frame times, e.g. MPEG-TS with real PTS) or arrival.",
+    )
     on_size_change: Literal["fail", "accept"] = Field(
         "fail",
         description="The source's native frame size changes mid-stream: fail (a camera fault: frames refused, the "

@@ -8,6 +8,7 @@ import signal
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 from hil.soak import START, spawn_peer
@@ -90,6 +91,9 @@ def test_stalled_controller_gets_at_most_one_old_command(stall_s, demo_settings,
             time.sleep(0.1)
             before = daemon.latest_state().counters
             os.kill(controller.pid, signal.SIGSTOP)
+            # kill() returns before a busy process has stopped; a command sent before it has would be read
+            # normally and counted as a second one "received after SIGCONT"
+            assert wait(lambda: psutil.Process(controller.pid).status() == psutil.STATUS_STOPPED, 30.0)
             for i in range(50):
                 daemon.send_action(values + np.array([0.0, 0.001 * (i % 3), 0.0, 0.0]), time.monotonic_ns())
                 time.sleep(stall_s / 50)

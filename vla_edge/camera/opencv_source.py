@@ -180,7 +180,9 @@ class OpenCVSource(GrabberSource):
                     continue
             grabbed = self._read_rgb()
             if grabbed is not None:
-                self._publish_live(*grabbed, clock="device" if self.target.kind is SourceKind.DEVICE else "stream")
+                rgb, arrival_ns, source_ms = grabbed
+                clock = self._source_clock()
+                self._publish_live(rgb, arrival_ns, source_ms if clock else None, clock or "stream")
                 backoff_s = _FIRST_BACKOFF_S
                 continue
             # No frame: a device unplugged, a stream dropped, or a read timeout. Report, then reopen: the
@@ -192,6 +194,17 @@ class OpenCVSource(GrabberSource):
             if self._stop.wait(backoff_s):
                 return
             backoff_s = min(backoff_s * 2, max_backoff_s)
+
+    def _source_clock(self) -> str | None:
+        """Whose times date this source's frames (camera.clock; see camera/timing.py): "device" (V4L2 buffer
+        timestamps), "stream" (RTSP's RTP times, or any URL's with clock = "source"), or None (arrival)."""
+        if self.settings.clock == "arrival":
+            return None
+        if self.target.kind is SourceKind.DEVICE:
+            return "device"
+        if self.settings.clock == "source" or urlsplit(str(self.target.target)).scheme.lower() in ("rtsp", "rtsps"):
+            return "stream"
+        return None  # HTTP(S): FFmpeg makes MJPEG frame times up at an assumed 25 fps
 
     def _release(self) -> None:
         if self._capture is not None:
