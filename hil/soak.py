@@ -176,6 +176,7 @@ class SoakReport:
     freezes: int
     stale_hold_episodes: int
     max_stale_hold_delay_ms: float
+    stale_hold_tick_lateness_ms: float  # of that longest episode's holding tick: scheduling, not the protocol
     garbage_injected: int
     garbage_rejected: int
     phases: dict[str, Counter[str]] = field(default_factory=dict)
@@ -326,17 +327,22 @@ def run_soak(duration_s: float = 60.0, rate_hz: float = 50.0, *, segment_s: floa
     stale_starts = [now for i, (_, now, sp) in enumerate(loop.ticks)
                     if sp.reason == "stale" and (i == 0 or loop.ticks[i - 1][2].reason != "stale")]
     delays = []
+    latenesses = []  # how late the controller's own tick that held ran (a loaded machine), per episode
+    scheduled_at = {now: scheduled for scheduled, now, _ in loop.ticks}
     for t_freeze in freeze_times:
         after = [t for t in stale_starts if t >= t_freeze]
         if after:
             delays.append((after[0] - t_freeze) / 1e6)
+            latenesses.append((after[0] - scheduled_at[after[0]]) / 1e6)
     measured_s = (t_stop - t_start) / 1e9
     return SoakReport(
         duration_s=measured_s, rate_hz=rate_hz, ticks=len(loop.ticks), expected_ticks=round(measured_s * rate_hz),
         sent=len(sent), accounted=accounted, unaccounted=unaccounted, late_actuations=late,
         out_of_order_actuations=out_of_order, freezes=freezes,
         stale_hold_episodes=sum(1 for t in stale_starts if any(t >= f for f in freeze_times)),
-        max_stale_hold_delay_ms=max(delays, default=float("nan")), garbage_injected=garbage_injected,
+        max_stale_hold_delay_ms=max(delays, default=float("nan")),
+        stale_hold_tick_lateness_ms=latenesses[delays.index(max(delays))] if delays else float("nan"),
+        garbage_injected=garbage_injected,
         garbage_rejected=sum(v for k, v in counters.items() if k.removeprefix("rejected_") in DECODE_REASONS),
         phases=per_phase,
     )

@@ -11,6 +11,7 @@ import signal
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 from hil.soak import LIMITS, START, ControlLoop, spawn_peer
@@ -28,6 +29,21 @@ def _time_until(predicate, timeout_s: float) -> float:
             return time.monotonic() - start
         time.sleep(0.001)
     return float("inf")
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _fault(pid: int, fault: str) -> float:
+    """Send the signal; return the milliseconds until the process is seen stopped or dead. kill() returns before a
+    busy process on a loaded machine has stopped, and it may send one more message meanwhile: that time (and this
+    poll's own lateness) is measurement slack for the bounds, not the peer's reaction time."""
+    os.kill(pid, getattr(signal, fault))
+    return _time_until(lambda: _stopped(pid), 30.0) * 1e3
 
 
 def _first_stale_after(loop: ControlLoop, t_ns: int):
@@ -50,8 +66,9 @@ def test_controller_holds_when_daemon_dies_or_freezes(fault, demo_settings, wait
             assert wait(lambda: client.counters().get("executed", 0) >= 20, 20.0), client.counters()
             assert client.daemon_alive()
             t_fault = time.monotonic_ns()
-            os.kill(daemon.pid, getattr(signal, fault))
-            noticed_s = _time_until(lambda: not client.daemon_alive(), 2.0)
+            slack_ms = _fault(daemon.pid, fault)
+            assert _time_until(lambda: not client.daemon_alive(), 30.0) < 30.0
+            noticed_s = (time.monotonic_ns() - t_fault) / 1e9
             assert wait(lambda: _first_stale_after(loop, t_fault) is not None, 2.0)
             scheduled, now, held = _first_stale_after(loop, t_fault)
             # A command already in flight when the daemon died may still be actuated; the hold keeps the last one.
@@ -63,8 +80,8 @@ def test_controller_holds_when_daemon_dies_or_freezes(fault, demo_settings, wait
                   f"{settings.stale_after_ms:.0f} + period {period_ns / 1e6:.0f}; tick lateness "
                   f"{lateness_ms:.1f} ms); dead peer noticed after {noticed_s * 1e3:.1f} ms "
                   f"(3 heartbeats = {3 * settings.heartbeat_ms:.0f} ms)")
-            assert hold_ms <= bound_ms + lateness_ms + 1.0
-            assert noticed_s * 1e3 <= 3 * settings.heartbeat_ms + 5.0
+            assert hold_ms <= bound_ms + lateness_ms + slack_ms + 1.0
+            assert noticed_s * 1e3 <= 3 * settings.heartbeat_ms + 5.0 + slack_ms
             np.testing.assert_allclose(held.values, executed_before[-1].values)  # holds the last position
             # nothing moves while the daemon is gone
             time.sleep(0.3)
@@ -91,11 +108,13 @@ def test_daemon_notices_dead_or_frozen_controller(fault, demo_settings):
         try:
             assert daemon.wait_for_controller(20.0)
             assert _time_until(daemon.controller_alive, 2.0) < 2.0
-            os.kill(controller.pid, getattr(signal, fault))
-            noticed_s = _time_until(lambda: not daemon.controller_alive(), 2.0)
+            t_fault = time.monotonic_ns()
+            slack_ms = _fault(controller.pid, fault)
+            assert _time_until(lambda: not daemon.controller_alive(), 30.0) < 30.0
+            noticed_s = (time.monotonic_ns() - t_fault) / 1e9
             print(f"\n{fault} controller: daemon noticed after {noticed_s * 1e3:.1f} ms "
-                  f"(3 heartbeats = {3 * settings.heartbeat_ms:.0f} ms)")
-            assert noticed_s * 1e3 <= 3 * settings.heartbeat_ms + 5.0
+                  f"(3 heartbeats = {3 * settings.heartbeat_ms:.0f} ms; the process took {slack_ms:.1f} ms to stop)")
+            assert noticed_s * 1e3 <= 3 * settings.heartbeat_ms + 5.0 + slack_ms
             if fault == "SIGSTOP":
                 os.kill(controller.pid, signal.SIGCONT)
                 assert _time_until(daemon.controller_alive, 2.0) < 2.0

@@ -46,5 +46,7 @@ def test_no_late_or_out_of_order_actuation_through_faults(demo_settings, endpoin
     assert late == [] and out_of_order == 0 and wrong_values == []
     # the faults really happened and were really rejected (the test can fail the other way too)
     assert proxy.counts["dropped"] > 5 and proxy.counts["delayed"] > 20 and proxy.counts["duplicated"] > 5
-    assert counters.get("rejected_late", 0) > 0
+    # delayed commands are refused as late, or as out of order when a newer one overtook them (more often on a
+    # loaded machine, whose late ticks let the overtaking one in first): either is the fault seen and refused
+    assert counters.get("rejected_late", 0) + counters.get("rejected_out_of_order", 0) > 0
     assert len(executed) > 80

@@ -19,5 +19,6 @@ def test_soak_short():
     assert report.phases["delay 0-500 ms"]["rejected_out_of_order"] + report.phases["delay 0-500 ms"][
         "rejected_late"] > 0
     assert report.freezes == 1 and report.stale_hold_episodes >= 1
-    assert report.max_stale_hold_delay_ms <= 200.0 + 20.0 + 20.0  # stale limit + period + scheduling slack
+    # stale limit + period + slack, + how late the holding tick itself ran (as test_stream_dead_peer allows)
+    assert report.max_stale_hold_delay_ms <= 200.0 + 20.0 + 20.0 + report.stale_hold_tick_lateness_ms
     assert report.garbage_rejected > 0
