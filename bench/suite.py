@@ -34,7 +34,7 @@ def run_parts(cfg: BenchConfig, parts: list[str]) -> dict[str, Any]:
         result = importlib.import_module(PARTS[name]).run(cfg)
         summary["parts"][name] = {
             "seconds": round(time.monotonic() - started, 1),
-            "finished_utc": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+            "finished_utc": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             "targets_met": result.get("targets_met", {}),
             "skipped": result.get("skipped"),
         }

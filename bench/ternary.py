@@ -24,6 +24,7 @@ import numpy as np
 from bench.common import (
     THREADS,
     BenchConfig,
+    BenchError,
     Worker,
     bench_config,
     console,
@@ -95,10 +96,16 @@ def _held_out(count: int, seed: int) -> Any:
 
 
 def run(cfg: BenchConfig, qat: Path | None = QAT_DIR) -> dict[str, Any]:
+    import onnxruntime as ort
+
     from models.reference import parity
-    from models.ternary.build import build
+    from models.ternary.build import TWO_BIT_MIN_ONNXRUNTIME, build, runs_2bit
     from vla_edge.bundle import load_bundle
 
+    if not runs_2bit(ort.__version__):
+        need = ".".join(map(str, TWO_BIT_MIN_ONNXRUNTIME))
+        raise BenchError(f"the ternary part needs onnxruntime >= {need} (2-bit MatMulNBits); this one is "
+                         f"{ort.__version__} (PyPI has nothing newer than 1.23.2 for Python 3.10)")
     reference = reference_bundle(cfg.bundle, cfg.work)
     ternary = build(reference, cfg.work / "ternary-bundle")
     logging.getLogger().setLevel(logging.WARNING)  # importing onnxruntime's quantizer turned the root logger up

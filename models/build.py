@@ -172,7 +172,7 @@ def _manifest(
             "Reference VLA for the hil tabletop world: CNN with keypoints + bag-of-words instruction encoder + "
             "flow-matching MLP denoiser. Trained on scripted-expert demos by `python -m models.build`."
         ),
-        created_utc=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+        created_utc=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         image_height=net.image_size,
         image_width=net.image_size,
         state_dim=net.state_dim,

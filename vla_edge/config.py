@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -25,6 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, Valida
 
 from vla_edge.errors import ConfigError
 from vla_edge.paths import REFERENCE_BUNDLE_DIR
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6): the same parser, published as tomli
+    import tomli as tomllib
 
 ENV_PREFIX = "VLA_EDGE_"
 ENV_DELIMITER = "__"

@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,11 @@ from vla_edge.operator.escalation import (
     EscalationQueue,
     TeleopChannel,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6): the same parser, published as tomli
+    import tomli as tomllib
 
 log = logging.getLogger(__name__)
 

@@ -92,7 +92,7 @@ def _manifest(cfg: RemoteBuildConfig, staging: Path, result: TrainResult, stats:
             f"({count_parameters(result.model)} parameters), trained longer, {DENOISING_STEPS} Euler steps, fp32. "
             "Served by Triton (`vla-edge remote serve`); built by `python -m models.remote.build`."
         ),
-        created_utc=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+        created_utc=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         image_height=net.image_size,
         image_width=net.image_size,
         state_dim=net.state_dim,

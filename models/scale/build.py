@@ -40,8 +40,13 @@ from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
 LABEL = "RANDOM WEIGHTS: a benchmark shape, not a trained model; its outputs are noise"
 # 2: prefix ordered [instruction | image], block-causal, instruction keys/values as optional past inputs.
-GRAPH_VERSION = 2
+# 3: IR version 8 written explicitly (onnx >= 1.23 defaults to IR 14, which ONNX Runtime 1.23 cannot load).
+GRAPH_VERSION = 3
 OPSET = 17
+# The ONNX IR version of the written files: the one onnx itself used for opset 17 (and the committed bundles
+# have). helper.make_model's default follows the installed onnx (IR 14 with onnx 1.23), which ONNX Runtime 1.23.2,
+# the newest build for Python 3.10 (JetPack 6), refuses ("Unsupported model IR version: 14, max supported: 11").
+IR_VERSION = 8
 INLINE_LIMIT = 4096  # bytes: smaller tensors (shape constants, small vectors) stay inside the .onnx file
 
 
@@ -205,6 +210,7 @@ class _GraphWriter:
             opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
             producer_name="vla-edge models.scale (RANDOM WEIGHTS)",
         )
+        model.ir_version = IR_VERSION
         model.doc_string = LABEL
         onnx.save_model(model, str(path))
 

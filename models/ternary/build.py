@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -37,6 +38,16 @@ from vla_edge.bundle import digest_files, load_bundle, write_manifest
 BLOCK = 32
 ZERO_POINT = 2  # 2-bit MatMulNBits without explicit zero points: value = (q - 2) * scale
 GRAPHS = ("instruction_encoder.onnx", "observation_encoder.onnx", "denoiser.onnx")
+# ONNX Runtime runs 2-bit MatMulNBits from 1.24 on; 1.23.2 (the newest wheel for Python 3.10, i.e. JetPack 6)
+# refuses bits=2 at session creation ("Only 4b and 8b quantization is supported for MatMulNBits op").
+# Measured on x86-64 with PyPI's 1.23.2, 1.24.4, 1.26.0 and 1.32.0 (tests/bench/test_bench_ternary.py checks it).
+TWO_BIT_MIN_ONNXRUNTIME = (1, 24)
+
+
+def runs_2bit(onnxruntime_version: str) -> bool:
+    """Whether this ONNX Runtime version runs the ``int4/`` (2-bit MatMulNBits) variant of a ternary bundle."""
+    found = re.match(r"(\d+)\.(\d+)", onnxruntime_version)
+    return found is not None and (int(found[1]), int(found[2])) >= TWO_BIT_MIN_ONNXRUNTIME
 
 
 def ternarise(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

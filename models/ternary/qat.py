@@ -267,7 +267,7 @@ def write_latent_bundle(
             "description": f"Latent fp32 weights of {manifest.name} after ternary quantization-aware fine-tuning "
             "(models/ternary/qat.py). Embedding statistics are those of the TERNARY weights (what runs); "
             "confidence thresholds are not copied: they were calibrated for the reference weights.",
-            "created_utc": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             "embedding_stats": stats,
             "files": digests,
             "variants": variants,
@@ -337,7 +337,7 @@ def run(cfg: QatConfig, log: bool = True) -> QatRecord:
         history=result.history,
         latent_bundle=str(latent),
         ternary_bundle=str(ternary),
-        created_utc=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+        created_utc=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
     )
     (cfg.out / "qat.json").write_text(json.dumps(asdict(record), indent=2) + "\n")
     say(f"ternary bundle: {ternary}")
