@@ -12,6 +12,10 @@
 #   --skip-venv  do not create/update /opt/vla-edge/venv (e.g. the board scripts install onnxruntime first)
 #   --enable     also `systemctl enable vla-edge` (it starts at boot; start it now with systemctl start)
 #
+# ONNX Runtime: an installed GPU (or other accelerator) build, e.g. JetPack's onnxruntime-gpu, is kept, never
+# replaced; on a Jetson without one, deploy/jetson/setup.sh installs it; anywhere else PyPI's CPU wheel comes
+# with the package's [cpu] extra. `pip check` runs at the end.
+#
 # Afterwards: the board's set-up (deploy/jetson/setup.sh or deploy/raspberry-pi/setup.sh), a trusted key and a
 # signed bundle (docs/deployment.md), then `systemctl start vla-edge`.
 set -euo pipefail
@@ -24,6 +28,7 @@ PYTHON="python3"
 SKIP_VENV=0
 ENABLE=0
 SERVICE_USER="vla-edge"
+TEGRA_RELEASE="${TEGRA_RELEASE:-/etc/nv_tegra_release}"  # present on every Jetson (L4T); tests point it elsewhere
 
 die() { echo "install.sh: error: $*" >&2; exit 2; }
 
@@ -36,7 +41,7 @@ while [ $# -gt 0 ]; do
     --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON="$2"; shift ;;
     --skip-venv) SKIP_VENV=1 ;;
     --enable) ENABLE=1 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
   shift
@@ -58,6 +63,19 @@ run() {
   if [ "$DRY_RUN" -eq 1 ]; then echo "+ $*"; else "$@"; fi
 }
 say() { echo "== $*"; }
+
+# Installed distributions that provide the `onnxruntime` module, "name version" per line (CPU and GPU builds
+# alike; onnxruntime-extensions and the like have modules of their own and are not listed).
+ort_builds() {  # python
+  "$1" - <<'PY' 2>/dev/null || true
+import importlib.metadata as md
+import re
+
+for dist in md.distributions():
+    if any(str(f).replace("\\", "/") == "onnxruntime/__init__.py" for f in (dist.files or [])):
+        print(re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower(), dist.version)
+PY
+}
 
 # install -d with ownership when we can set it (root, real install or prefix with the user present).
 make_dir() {  # mode owner group path
@@ -113,8 +131,41 @@ else
     # Board vendors ship some wheels (JetPack's onnxruntime-gpu) system-wide; the venv may see them.
     run "$PYTHON" -m venv --system-site-packages "$OPT/venv"
   fi
+  VENV_PY="$OPT/venv/bin/python"
+  [ -x "$VENV_PY" ] || VENV_PY="$PYTHON"  # dry run before the venv exists: what the system Python sees
+  # Which ONNX Runtime. Every build (onnxruntime, onnxruntime-gpu, JetPack's, ...) installs the same module
+  # `onnxruntime`, so pip cannot tell that a GPU build satisfies a dependency on the CPU one: installing
+  # onnxruntime next to it overwrites its files and the providers silently become CPU only.
+  builds="$(ort_builds "$VENV_PY")"
+  gpu_build="$(printf '%s\n' "$builds" | awk 'NF && $1 != "onnxruntime" {print $1 " " $2; exit}')"
+  extra="[cpu]"
+  if [ -n "$gpu_build" ]; then
+    extra=""
+    echo "onnxruntime: keeping the installed $gpu_build (vla-edge goes in without PyPI's CPU build)"
+    if printf '%s\n' "$builds" | awk '$1 == "onnxruntime" {found = 1} END {exit !found}'; then
+      echo "warning: the CPU build onnxruntime is installed too and shares its files; reinstall the GPU build" \
+        "(deploy/jetson/setup.sh does) or: pip uninstall onnxruntime && pip install --force-reinstall ${gpu_build%% *}" >&2
+    fi
+  elif [ -r "$TEGRA_RELEASE" ]; then
+    extra=""
+    echo "onnxruntime: this is a Jetson ($TEGRA_RELEASE); deploy/jetson/setup.sh installs onnxruntime-gpu"
+  else
+    echo "onnxruntime: PyPI's CPU build (the [cpu] extra)"
+  fi
   run "$OPT/venv/bin/python" -m pip install --quiet --upgrade pip
-  run "$OPT/venv/bin/python" -m pip install --quiet --upgrade "$SOURCE"
+  run "$OPT/venv/bin/python" -m pip install --quiet --upgrade "$SOURCE$extra"
+  if [ "$DRY_RUN" -eq 0 ]; then
+    if "$OPT/venv/bin/python" -m pip check; then :; else
+      echo "warning: pip check found the conflicts above in $OPT/venv" >&2
+    fi
+    "$OPT/venv/bin/python" - <<'PY' || echo "no onnxruntime yet: on a Jetson run deploy/jetson/setup.sh next"
+try:
+    import onnxruntime as ort
+except ImportError:
+    raise SystemExit(1) from None
+print(f"onnxruntime {ort.__version__}: {', '.join(ort.get_available_providers())}")
+PY
+  fi
 fi
 
 say "unit $UNIT_DIR/vla-edge.service"

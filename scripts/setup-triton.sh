@@ -29,6 +29,6 @@ echo '*' > "$VENV/.gitignore"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # One resolve for both: PyTriton 0.7 needs numpy<2, and the server runs the bundle with vla_edge's own
 # PolicyRunner (onnxruntime, numpy, opencv, pydantic), so pip must pick versions that suit both.
-"$VENV/bin/python" -m pip install -q "nvidia-pytriton==${PYTRITON_VERSION}" "numpy<2" -e .
+"$VENV/bin/python" -m pip install -q "nvidia-pytriton==${PYTRITON_VERSION}" "numpy<2" -e '.[cpu]'
 "$VENV/bin/python" -c 'import pytriton, vla_edge.policy' >/dev/null
 echo "triton environment ready: $VENV"

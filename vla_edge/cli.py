@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     except VlaEdgeError as exc:
         print(f"vla-edge: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if exc.name != "onnxruntime":
+            raise
+        print("vla-edge: error: ONNX Runtime is not installed: pip install 'vla-edge[cpu]' for PyPI's CPU build, "
+              "or your board's GPU build (Jetson: deploy/jetson/setup.sh)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("vla-edge: interrupted", file=sys.stderr)
         return 130

@@ -74,8 +74,14 @@ else
     die "no onnxruntime-gpu source for L4T R${L4T:-?}: pass --ort-wheel (Jetson Zoo) or --ort-index"
   fi
   # The CPU-only wheel and the GPU wheel both provide the `onnxruntime` module: only one may be installed.
+  # Removing the CPU wheel also removes the files the two share, so a GPU build that was already there is
+  # reinstalled (pip would otherwise call it satisfied and leave it broken).
+  force=()
+  if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip show onnxruntime >/dev/null 2>&1; then
+    force=(--force-reinstall)
+  fi
   run "$VENV/bin/python" -m pip uninstall --yes --quiet onnxruntime || true
-  run "$VENV/bin/python" -m pip install --quiet --upgrade "${spec[@]}"
+  run "$VENV/bin/python" -m pip install --quiet --upgrade "${force[@]}" "${spec[@]}"
   run "$VENV/bin/python" -c 'import onnxruntime as o, sys; p = o.get_available_providers(); print("providers:", p); sys.exit(0 if "TensorrtExecutionProvider" in p else "TensorRT provider missing: is JetPack (libnvinfer) installed?")'
 fi
 
