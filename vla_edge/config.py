@@ -103,7 +103,16 @@ class PolicySettings(Section):
     precision: Literal["fp32", "int8", "int4"] = "int8"
     providers: list[str] = Field(
         default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-        description="Execution providers in order of preference; those not available are skipped.",
+        description="Execution providers in order of preference; those not available are skipped (with a "
+        "warning); a name ONNX Runtime does not know is a config error.",
+    )
+    trt_cache_dir: Path | None = Field(
+        None, description="TensorRT engine and timing cache: building engines takes minutes, a start with them "
+        "cached seconds. Default: <task.state_dir>/trt-cache (deploy/jetson/setup.sh makes it).",
+    )
+    trt_fp16: bool = Field(
+        True, description="Let TensorRT run layers in fp16 (the Orin's tensor cores); check the bundle's actions "
+        "against fp32 on the board before relying on it (docs/deployment.md).",
     )
     intra_op_threads: int = Field(
         1, ge=1,

@@ -39,6 +39,7 @@ from vla_edge.preprocess import (
     pad_last,
     prepare_view,
 )
+from vla_edge.providers import ProviderOptions, select_providers
 from vla_edge.samplers import (
     DiffusionSchedule,
     FlowSchedule,
@@ -142,6 +143,7 @@ def open_session(
     options: Callable[[], ort.SessionOptions],
     providers: list[str],
     external_files: Sequence[str] = (),
+    provider_options: list[dict[str, str]] | None = None,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session of one graph of a bundle, made from bytes, never from a path.
 
@@ -156,7 +158,9 @@ def open_session(
     the peak while loading is 3.0x the weights instead of 2.0x (our copy, ORT's copy, the prepacked weights).
     Each buffer is released as soon as its session exists, so only one graph's peak is paid at a time.
 
-    ``options`` makes fresh SessionOptions (external initializers are added to them). Raises BundleError.
+    ``options`` makes fresh SessionOptions (external initializers are added to them). ``provider_options``: one
+    dict per provider (``vla_edge.providers.select_providers``: TensorRT's engine cache and fp16). Raises
+    BundleError.
     """
     model = read_verified(graph_file)
     session_options = options()
@@ -172,7 +176,8 @@ def open_session(
             buffers.append(read_verified(rel))
         adder(names, buffers, [len(b) for b in buffers])
     try:
-        session = ort.InferenceSession(model, sess_options=session_options, providers=providers)
+        session = ort.InferenceSession(model, sess_options=session_options, providers=providers,
+                                       provider_options=provider_options)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
         raise BundleError(f"cannot load graph {graph_file}: {' '.join(str(exc).split())}") from None
     # ORT's Python wrapper keeps the model bytes for the session's lifetime, only to rebuild the session if a
@@ -230,6 +235,7 @@ class PolicyRunner:
         seed: int = 0,
         warm_up_samples: int = 8,
         io_binding: bool | None = None,
+        provider_options: ProviderOptions | None = None,
     ) -> None:
         """``io_binding``: keep the tensors graphs hand to each other (a VLM prefix's K/V) in the provider's memory
         between graphs and steps instead of passing them through host arrays; None: on for a GPU provider."""
@@ -241,7 +247,7 @@ class PolicyRunner:
         self.precision = precision
         self._rng = np.random.default_rng(seed)
         self._init_language()
-        self._graphs = self._load_graphs(precision, providers, intra_op_threads)
+        self._graphs = self._load_graphs(precision, providers, intra_op_threads, provider_options)
         self._by_role = {role: [g for g in self._graphs.values() if g.decl.role == role]
                          for role in ("instruction", "encode", "step", "auxiliary")}
         self._action_dim, self._state_dim, self._horizon = spec.action_dim, spec.state_dim, spec.horizon
@@ -311,9 +317,11 @@ class PolicyRunner:
         """A listed file's bytes, verified against the manifest (the bytes used are the bytes checked)."""
         return self.bundle.read_verified(rel)
 
-    def _load_graphs(self, precision: str, providers: list[str] | None, threads: int) -> dict[str, _Graph]:
+    def _load_graphs(self, precision: str, providers: list[str] | None, threads: int,
+                     provider_options: ProviderOptions | None) -> dict[str, _Graph]:
         spec = self.manifest
-        wanted = choose_providers(providers)
+        chosen = select_providers(providers or DEFAULT_PROVIDERS, options=provider_options)
+        wanted, wanted_options = [name for name, _ in chosen], [opts for _, opts in chosen]
         variant = spec.variants[precision]  # type: ignore[index]
         needed = {i.source for g in spec.graphs.values() for i in g.inputs} | {spec.sampler.output}
         if spec.embedding:
@@ -328,7 +336,8 @@ class PolicyRunner:
                 where = gf.file
                 folder = posixpath.dirname(gf.file)
                 external = [posixpath.join(folder, e) if folder else e for e in gf.external_data]
-                session = open_session(self._read, gf.file, lambda: session_options(threads), wanted, external)
+                session = open_session(self._read, gf.file, lambda: session_options(threads), wanted, external,
+                                       wanted_options)
                 check_io(session, decl, where)
                 graph = _Graph(name, decl, session)
                 for spec_in in decl.inputs:

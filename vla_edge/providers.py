@@ -15,16 +15,22 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 
 from vla_edge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vla_edge.config import Settings
 
 log = logging.getLogger(__name__)
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# What PyPI's CPU wheel reports (Azure: calls to a remote endpoint, no local accelerator).
+CPU_BUILD = frozenset({CPU, "AzureExecutionProvider"})
 
 ProviderList = list[tuple[str, dict[str, str]]]
 
@@ -43,6 +49,13 @@ class ProviderOptions:
     fp16: bool = True
     device_id: int = 0
     trt_max_workspace_bytes: int = 1 << 30
+
+
+def options_from_settings(settings: Settings) -> ProviderOptions:
+    """The daemon's provider options, from the one config object (``policy.trt_cache_dir``, ``policy.trt_fp16``)."""
+    policy = settings.policy
+    cache = policy.trt_cache_dir if policy.trt_cache_dir is not None else settings.task.state_dir / "trt-cache"
+    return ProviderOptions(trt_cache_dir=cache, fp16=policy.trt_fp16)
 
 
 def _flag(value: bool) -> str:
@@ -96,8 +109,11 @@ def select_providers(
         if any(name == picked for picked, _ in chosen):
             continue
         if name not in have:
-            log.warning(
-                "execution provider %s is not available in this onnxruntime build (%s); falling back",
+            # A CPU-only build (a Pi, a laptop) lacking the GPU providers of the default list is expected; an
+            # accelerator build lacking one it was asked for is a broken or partial install worth a warning.
+            level = logging.INFO if set(have) <= CPU_BUILD else logging.WARNING
+            log.log(
+                level, "execution provider %s is not available in this onnxruntime build (%s); falling back",
                 name, ", ".join(have), extra={"provider": name, "available": have},
             )
             continue

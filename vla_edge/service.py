@@ -32,6 +32,7 @@ from vla_edge.operator.observer import ConsoleObserver
 from vla_edge.operator.escalation import EscalationQueue, TeleopChannel
 from vla_edge.policy import PolicyRunner, manifest_v2
 from vla_edge.plan_view import ImagePlane
+from vla_edge.providers import options_from_settings
 from vla_edge.routing import build_router
 from vla_edge.sdnotify import Notifier, WatchdogGate, watchdog_interval_s
 from vla_edge.signing import check_loaded_signature
@@ -69,7 +70,8 @@ def open_policy(bundle: Bundle, settings: Settings) -> tuple[PolicyRunner, Confi
     """The policy's sessions (from verified bytes; graph shapes checked against the manifest; a warm-up at the
     configured K) and the confidence monitor: what daemon start and ``bundle install``'s check both run."""
     p = settings.policy
-    policy = PolicyRunner(bundle, p.precision, p.providers, p.intra_op_threads, p.seed, warm_up_samples=p.num_samples)
+    policy = PolicyRunner(bundle, p.precision, p.providers, p.intra_op_threads, p.seed, warm_up_samples=p.num_samples,
+                          provider_options=options_from_settings(settings))
     return policy, build_monitor(bundle, settings)
 
 

@@ -45,9 +45,17 @@ def test_gpu_requests_fall_back_to_cpu_on_this_build(caplog):
     if TENSORRT in ort.get_available_providers():
         pytest.skip("this machine has TensorRT")
     assert chosen == [(CPU, {})]
-    skipped = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert [r.provider for r in skipped] == [TENSORRT, CUDA]
+    # A CPU-only build (laptop, Pi) lacking the default list's GPU providers is expected: said at INFO.
+    skipped = [r for r in caplog.records if getattr(r, "provider", None)]
+    assert [(r.provider, r.levelno) for r in skipped] == [(TENSORRT, logging.INFO), (CUDA, logging.INFO)]
     assert "not available" in skipped[0].getMessage()
+
+
+def test_an_accelerator_build_missing_a_provider_warns(caplog):
+    caplog.set_level(logging.INFO, logger="vla_edge.providers")
+    select_providers(JETSON, available=[CUDA, CPU])  # a GPU build without TensorRT: a partial install
+    skipped = [r for r in caplog.records if getattr(r, "provider", None)]
+    assert [(r.provider, r.levelno) for r in skipped] == [(TENSORRT, logging.WARNING)]
 
 
 def test_jetson_build_keeps_order_and_sets_engine_cache_and_fp16(tmp_path: Path):
@@ -142,3 +150,54 @@ def test_provider_failing_at_session_creation_falls_back(caplog):
 
     with pytest.raises(RuntimeError, match="corrupt"):
         create_session(tiny_model(), [(CUDA, {}), (CPU, {})], factory=always_broken)
+
+
+def test_tensorrt_options_come_from_the_one_config_object(tmp_path: Path, monkeypatch):
+    from vla_edge.config import load_settings
+    from vla_edge.providers import options_from_settings, provider_options
+
+    config = tmp_path / "vla-edge.toml"
+    config.write_text(f'[policy]\ntrt_cache_dir = "{tmp_path / "engines"}"\ntrt_fp16 = false\n'
+                      f'[task]\nstate_dir = "{tmp_path / "state"}"\n')
+    options = options_from_settings(load_settings(config))
+    assert options == ProviderOptions(trt_cache_dir=tmp_path / "engines", fp16=False)
+    trt = provider_options(TENSORRT, options)
+    assert trt["trt_fp16_enable"] == "False" and trt["trt_engine_cache_path"] == str(tmp_path / "engines")
+    # The environment wins over the file, as for every setting; the cache defaults to the state directory.
+    monkeypatch.setenv("VLA_EDGE_POLICY__TRT_FP16", "true")
+    config.write_text(f'[task]\nstate_dir = "{tmp_path / "state"}"\n')
+    options = options_from_settings(load_settings(config))
+    assert options == ProviderOptions(trt_cache_dir=tmp_path / "state" / "trt-cache", fp16=True)
+
+
+def test_the_daemon_hands_the_tensorrt_options_to_onnxruntime(tmp_path: Path, monkeypatch):
+    """The daemon's own start-up path (service.open_policy) on a build that reports TensorRT: every graph's session
+    is asked for TensorRT > CUDA > CPU with the configured cache and fp16. This machine has no GPU, so the sessions
+    are then made on the CPU provider (the one seam: ORT's constructor, recorded and called for real)."""
+    from vla_edge.bundle import load_bundle
+    from vla_edge.config import load_settings
+    from vla_edge.paths import REFERENCE_BUNDLE_DIR
+    from vla_edge.service import open_policy
+
+    config = tmp_path / "vla-edge.toml"
+    config.write_text(f'[policy]\ntrt_fp16 = false\n[task]\nstate_dir = "{tmp_path / "state"}"\n')
+    settings = load_settings(config)
+    calls: list[tuple[list[str], list[dict[str, str]]]] = []
+    real_session = ort.InferenceSession
+
+    def recording_session(model, sess_options=None, providers=None, provider_options=None, **kwargs):
+        calls.append((list(providers or []), [dict(o) for o in provider_options or []]))
+        return real_session(model, sess_options=sess_options, providers=[CPU], **kwargs)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TENSORRT, CUDA, CPU])
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    policy, _ = open_policy(load_bundle(REFERENCE_BUNDLE_DIR), settings)
+    assert len(calls) == 3  # instruction encoder, observation encoder, denoiser
+    cache = tmp_path / "state" / "trt-cache"
+    for providers, options in calls:
+        assert providers == [TENSORRT, CUDA, CPU]
+        assert options[0]["trt_fp16_enable"] == "False"
+        assert options[0]["trt_engine_cache_enable"] == "True" and options[0]["trt_engine_cache_path"] == str(cache)
+        assert options[1] == {"device_id": "0", "arena_extend_strategy": "kSameAsRequested"} and options[2] == {}
+    assert cache.is_dir()
+    assert policy.providers_in_use == [CPU]
