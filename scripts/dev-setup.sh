@@ -31,11 +31,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# PYTHON and VENV choose the interpreter and the venv (.ci/run makes .venv-py310 with Python 3.10 this way).
 PY="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
-.venv/bin/python -m pip install -q -e '.[netfaults]' \
+VENV="${VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[dev]'
+"$VENV/bin/python" -m pip install -q -e '.[netfaults]' \
   || echo "warning: NetfilterQueue did not build (needs gcc and libnetfilter-queue-dev); network-delay cases will not run" >&2
 bash scripts/setup-triton.sh || echo "warning: Triton venv not set up; remote-tier tests will be skipped" >&2
-echo "dev environment ready: .venv"
+echo "dev environment ready: $VENV ($("$VENV/bin/python" -c 'import platform; print("Python", platform.python_version())'))"
