@@ -9,6 +9,9 @@ policy itself (``vla_edge.policy.PolicyRunner``, the code the daemon runs) on th
     python -m bench.board_parity run OBS.npz OUT.json    # on each machine: actions of every variant
     python -m bench.board_parity compare X86.json BOARD.json   # exit 1 when a variant is out of bounds
 
+On a Jetson, ``run ... --providers TensorrtExecutionProvider CPUExecutionProvider`` gives TensorRT's actions (fp16
+unless ``--trt-fp32``) to compare with the x86 CPU run (``compare --bound`` for a looser bound than the CPU's).
+
 Only numpy and onnxruntime at run time (``run`` and ``compare`` work in the bare arm64 root of
 deploy/raspberry-pi/check-aarch64.sh). No pickle: the observation file is a plain npz, results are JSON.
 """
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vla_edge.errors import VlaEdgeError
+from vla_edge.providers import ProviderOptions
 
 PRECISIONS = ("fp32", "int8", "int4")
 NUM_SAMPLES = 8  # K chunks per observation, as the daemon samples by default (policy.num_samples)
@@ -107,8 +111,10 @@ def report_lines(diffs: list[VariantDiff], reference_meta: dict[str, Any], candi
 
 
 def describe(meta: dict[str, Any]) -> str:
+    providers = [p for p in meta.get("providers") or [] if p != "CPUExecutionProvider"]
     return (f"{meta.get('machine', '?')} python {meta.get('python', '?')} onnxruntime {meta.get('onnxruntime', '?')} "
-            f"numpy {meta.get('numpy', '?')}{' cpu ' + meta['cpu'] if meta.get('cpu') else ''}")
+            f"numpy {meta.get('numpy', '?')}{' cpu ' + meta['cpu'] if meta.get('cpu') else ''}"
+            f"{' on ' + ' > '.join(providers) if providers else ''}")
 
 
 # ---- IO ------------------------------------------------------------------------------------------------------
@@ -145,15 +151,17 @@ def record(path: Path) -> Path:
     return path
 
 
-def machine_meta(cpu: str | None = None) -> dict[str, Any]:
+def machine_meta(cpu: str | None = None, providers: list[str] | None = None) -> dict[str, Any]:
     import onnxruntime as ort
 
     return {"machine": platform.machine(), "python": platform.python_version(), "onnxruntime": ort.__version__,
-            "numpy": np.__version__, "cpu": cpu}
+            "numpy": np.__version__, "cpu": cpu, "providers": providers or ["CPUExecutionProvider"]}
 
 
-def run(observations: Path, bundle_dir: Path | None = None, precisions: tuple[str, ...] = PRECISIONS) -> dict[str, np.ndarray]:
-    """Actions (M, K, horizon, action_dim) of every variant: the daemon's PolicyRunner, CPU provider, 1 thread."""
+def run(observations: Path, bundle_dir: Path | None = None, precisions: tuple[str, ...] = PRECISIONS,
+        providers: list[str] | None = None, provider_options: ProviderOptions | None = None) -> dict[str, np.ndarray]:
+    """Actions (M, K, horizon, action_dim) of every variant: the daemon's PolicyRunner, 1 thread, on the CPU
+    provider unless ``providers`` says otherwise (a Jetson: TensorRT with ``provider_options``' cache and fp16)."""
     from vla_edge.bundle import load_bundle
     from vla_edge.paths import REFERENCE_BUNDLE_DIR
     from vla_edge.policy import PolicyRunner
@@ -162,7 +170,8 @@ def run(observations: Path, bundle_dir: Path | None = None, precisions: tuple[st
     bundle = load_bundle(bundle_dir or REFERENCE_BUNDLE_DIR, verify=False)
     out = {}
     for precision in precisions:
-        runner = PolicyRunner(bundle, precision=precision, providers=["CPUExecutionProvider"], intra_op_threads=1)
+        runner = PolicyRunner(bundle, precision=precision, providers=providers or ["CPUExecutionProvider"],
+                              intra_op_threads=1, provider_options=provider_options)
         chunks = []
         for image, state, text, noise in zip(obs.images, obs.states, obs.instructions, obs.noise, strict=True):
             runner.set_instruction(text)
@@ -194,21 +203,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--bundle", type=Path, default=None)
     p.add_argument("--cpu", default=None, help="the (emulated) CPU, recorded in the results")
+    p.add_argument("--providers", nargs="+", default=None,
+                   help="execution providers in order (default CPU only), e.g. TensorrtExecutionProvider "
+                   "CPUExecutionProvider on a Jetson")
+    p.add_argument("--trt-cache", type=Path, default=None, help="TensorRT engine cache directory")
+    p.add_argument("--trt-fp32", action="store_true", help="TensorRT without fp16 (the default allows fp16)")
     p = sub.add_parser("compare", help="x86 results against a board's; exit 1 on a mismatch")
     p.add_argument("reference", type=Path)
     p.add_argument("candidate", type=Path)
+    p.add_argument("--bound", type=float, default=None,
+                   help="one bound for every variant instead of the CPU bounds (e.g. for TensorRT fp16)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "record":
             print(f"wrote {record(args.observations)}")
             return 0
         if args.cmd == "run":
-            write_results(args.out, run(args.observations, args.bundle), machine_meta(args.cpu))
-            print(f"wrote {args.out} ({describe(machine_meta(args.cpu))})")
+            options = ProviderOptions(trt_cache_dir=args.trt_cache, fp16=not args.trt_fp32)
+            actions = run(args.observations, args.bundle, providers=args.providers, provider_options=options)
+            meta = machine_meta(args.cpu, args.providers)
+            write_results(args.out, actions, meta)
+            print(f"wrote {args.out} ({describe(meta)})")
             return 0
         reference, ref_meta = read_results(args.reference)
         candidate, cand_meta = read_results(args.candidate)
-        diffs = compare(reference, candidate)
+        bounds = None if args.bound is None else {p: args.bound for p in reference}
+        diffs = compare(reference, candidate, bounds)
     except VlaEdgeError as exc:
         print(f"board_parity: error: {exc}", file=sys.stderr)
         return 2

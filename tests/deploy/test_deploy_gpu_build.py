@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -68,8 +69,16 @@ def test_jetson_setup_keeps_the_gpu_build_and_pip_check_is_clean(tmp_path: Path)
     python = venv / "bin/python"
     # The venv install.sh would make, without the system's site-packages so that `pip check` judges it alone.
     assert run(sys.executable, "-m", "venv", venv).returncode == 0
-    # install.sh takes a wheel as --source (as an image build would): built once, installed twice.
-    built = run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", REPO_ROOT)
+    # install.sh takes a wheel as --source (as an image build would): built once, installed twice, from a copy
+    # of the sources (setuptools writes build/ and *.egg-info next to the sources it builds).
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns("__pycache__", "work", "bundles", "results", "*.egg-info", "build")
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    for package in ("vla_edge", "hil", "models", "bench"):
+        shutil.copytree(REPO_ROOT / package, source / package, ignore=skip)
+    built = run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", source)
     assert built.returncode == 0, built.stderr[-3000:]
     (package,) = (tmp_path / "dist").glob("vla_edge-*.whl")
     tegra = tmp_path / "nv_tegra_release"
