@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -151,7 +153,8 @@ def open_session(
     (listed in the manifest), once from inside the bundle and checks the digest over the bytes it returns, so
     the bytes ORT gets are the bytes that were verified: a file swapped or changed after a check cannot run.
     External data goes to ORT from memory (``SessionOptions.add_external_initializers_from_files_in_memory``)
-    under the name the graph uses, its path relative to the graph's directory, so ORT opens no file either.
+    under the name the graph uses, its path relative to the graph's directory, so ORT opens no file either
+    (ONNX Runtime 1.24 and newer; older ones load a private copy of the verified bytes, ``_open_from_private_copy``).
 
     Measured (``python -m bench.bundle_memory``; a 256 MiB external initializer, CPU provider): resident
     memory once loaded is the same as loading from the path (1.02x the weights, both ways, inline or external);
@@ -167,8 +170,8 @@ def open_session(
     if external_files:
         adder = getattr(session_options, "add_external_initializers_from_files_in_memory", None)
         if adder is None:
-            raise BundleError(f"{graph_file} has external data, which needs onnxruntime >= 1.17 to load from "
-                              f"memory (this is {ort.__version__})")
+            return _open_from_private_copy(model, read_verified, graph_file, session_options, providers,
+                                           external_files, provider_options)
         base = posixpath.dirname(graph_file)
         names, buffers = [], []
         for rel in external_files:
@@ -186,6 +189,37 @@ def open_session(
     # not be swapped for another silently under a running robot anyway: disable that fallback and let the bytes go.
     session.disable_fallback()
     session._model_bytes = None  # noqa: SLF001 - see above; used by nothing once fallback is off
+    return session
+
+
+def _open_from_private_copy(
+    model: bytes,
+    read_verified: Callable[[str], bytes],
+    graph_file: str,
+    session_options: ort.SessionOptions,
+    providers: list[str],
+    external_files: Sequence[str],
+    provider_options: list[dict[str, str]] | None,
+) -> ort.InferenceSession:
+    """ONNX Runtime before 1.24 (all that Python 3.10, i.e. JetPack 6, gets from PyPI) has no Python call for
+    external data from memory. The verified bytes are written into a new private directory (mode 0700, the
+    bundle's layout), the session is made from there and the directory removed: ORT still gets exactly the bytes
+    that were verified, at the cost of the weights' size in temporary disk space while loading."""
+    log.info("onnxruntime %s cannot take external data from memory: loading %s from a private copy of the "
+             "verified bytes", ort.__version__, graph_file)
+    with tempfile.TemporaryDirectory(prefix="vla-edge-graph-") as tmp:
+        root = Path(tmp)
+        for rel, data in [(graph_file, model), *((rel, read_verified(rel)) for rel in external_files)]:
+            target = root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        del model
+        try:
+            session = ort.InferenceSession(str(root / graph_file), sess_options=session_options,
+                                           providers=providers, provider_options=provider_options)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            raise BundleError(f"cannot load graph {graph_file}: {' '.join(str(exc).split())}") from None
+    session.disable_fallback()
     return session
 
 
