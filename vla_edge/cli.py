@@ -24,8 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NO_ONNXRUNTIME = ("vla-edge: error: ONNX Runtime is not installed: pip install 'vla-edge[cpu]' for PyPI's CPU "
+                 "build, or your board's GPU build (Jetson: deploy/jetson/setup.sh)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # sub-commands import the runtime (ONNX Runtime among it) as they load
+    except ModuleNotFoundError as exc:
+        if exc.name != "onnxruntime":
+            raise
+        print(NO_ONNXRUNTIME, file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -38,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != "onnxruntime":
             raise
-        print("vla-edge: error: ONNX Runtime is not installed: pip install 'vla-edge[cpu]' for PyPI's CPU build, "
-              "or your board's GPU build (Jetson: deploy/jetson/setup.sh)", file=sys.stderr)
+        print(NO_ONNXRUNTIME, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vla-edge: interrupted", file=sys.stderr)

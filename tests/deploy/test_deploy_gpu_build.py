@@ -134,3 +134,14 @@ def test_install_plan_takes_the_cpu_build_only_where_no_gpu_build_or_jetson_is(t
     assert "this is a Jetson" in jetson.stdout
     assert f"-m pip install --quiet --upgrade {REPO_ROOT}\n" in jetson.stdout
     assert not root.exists()
+
+
+def test_without_any_onnxruntime_build_commands_say_so_in_one_line():
+    # A venv with vla-edge but no ONNX Runtime yet (a Jetson between install.sh and jetson/setup.sh).
+    code = "import sys; sys.modules['onnxruntime'] = None; from vla_edge.cli import main; sys.exit(main(sys.argv[1:]))"
+    for args in (["demo"], ["run", "--config", "/nonexistent.toml"]):
+        proc = run(sys.executable, "-c", code, *args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            "vla-edge: error: ONNX Runtime is not installed: pip install 'vla-edge[cpu]' for PyPI's CPU build, "
+            "or your board's GPU build (Jetson: deploy/jetson/setup.sh)"]
