@@ -183,8 +183,8 @@ def stalled_controller() -> Row:
             os.kill(controller.pid, signal.SIGCONT)
             controller.kill()
             controller.wait()
-    return ("controller stalled (SIGSTOP), 50 commands queued", "only the newest survives (CONFLATE)",
-            f"{received} received after SIGCONT (bound 1)")
+    return ("controller stalled (SIGSTOP), 50 commands queued", "only the newest survives in the socket (CONFLATE)",
+            f"{received} received after SIGCONT (bound 2: the conflated slot + one still in the TCP buffer)")
 
 
 def soak_rows(report: SoakReport) -> list[Row]:

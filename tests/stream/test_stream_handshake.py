@@ -76,8 +76,9 @@ def test_no_motion_before_handshake_whichever_starts_first(first, demo_settings,
 # used to kill the controller: libzmq aborted it on SIGCONT ("!_io_error") when a ZMTP heartbeat fired on a
 # receiving socket whose inbound pipe was full; receiving sockets now use TCP keepalive instead (vla_edge/wire.py).
 @pytest.mark.parametrize("stall_s", [0.05, 1.0, 2.5])
-def test_stalled_controller_gets_at_most_one_old_command(stall_s, demo_settings, wait):
-    """SIGSTOP the controller process, send 50 commands, SIGCONT: it must receive at most one of them.
+def test_stalled_controller_gets_at_most_two_old_commands(stall_s, demo_settings, wait):
+    """SIGSTOP the controller process, send 50 commands, SIGCONT: it must receive at most two of them (the conflated
+    slot plus at most one still in the kernel's TCP buffer).
 
     Short stalls are bounded by CONFLATE on the controller's SUB; stalls longer than the ZMTP heartbeat
     timeout also drop the connection (the daemon's PUB then discards instead of queueing)."""
@@ -111,11 +112,15 @@ def test_stalled_controller_gets_at_most_one_old_command(stall_s, demo_settings,
     received = after.get("rx_action", 0) - before.get("rx_action", 0)
     executed = after.get("executed", 0) - before.get("executed", 0)
     print(f"\nstalled controller: 50 commands sent during a {stall_s:.2f} s SIGSTOP; it received {received} after SIGCONT "
-          f"(backlog bound 1), executed {executed} (only the newest can still be inside its "
+          f"(backlog bound 1 in the socket, 2 with the TCP buffer), executed {executed} (only the newest can still be inside its "
           f"{demo_settings.command_ttl_ms:.0f} ms TTL)")
-    assert received <= 1 and executed <= received
+    # The one-slot CONFLATE buffer holds the newest command; what is still in the kernel's TCP buffer when the
+    # controller wakes is decoded while it drains, so a second old command can surface (docs/wire.md, socket options;
+    # measured about 1 run in 10 under load). Without CONFLATE all 50 would. Each still passes the sequence and
+    # deadline checks on arrival, so none runs late.
+    assert received <= 2 and executed <= received
     if stall_s < 3 * demo_settings.heartbeat_ms / 1000:
-        assert received == 1, "a short stall keeps the connection: the newest command must still arrive"
+        assert received >= 1, "a short stall keeps the connection: the newest command must still arrive"
 
 
 def test_daemon_restart_gets_a_new_session(demo_settings, limits, start_position, wait):
