@@ -73,6 +73,7 @@ class BuildConfig:
     threads: int = 1  # see TrainConfig.threads
     horizon: int = 8  # actions per chunk (NetConfig.horizon); 50 for the slow-path variant (docs/scheduler.md)
     name: str = BUNDLE_NAME
+    resume: Path | None = None  # continue training this checkpoint (a warm restart of the schedule)
 
     @classmethod
     def quick(cls, out: Path, work: Path) -> BuildConfig:
@@ -254,7 +255,12 @@ def build(cfg: BuildConfig, console: Console) -> int:
                     console.log(f"train: iteration {step}, flow loss {loss:.4f}")  # progress in a log file
 
             overrides = None if cfg.horizon == 8 else {"horizon": cfg.horizon}
-            result = train(demos, train_cfg, net_overrides=overrides, on_log=on_log)
+            initial = load_checkpoint(cfg.resume) if cfg.resume is not None else None
+            result = train(demos, train_cfg, net_overrides=None if initial else overrides, on_log=on_log,
+                           initial=initial)
+            if initial is not None:  # the manifest counts the whole training
+                result.iterations += initial.iterations
+                result.seconds += initial.seconds
             save_checkpoint(result, cfg.work / "checkpoint.pt")
         console.log(
             f"train: {count_parameters(result.model)} parameters, {result.iterations} iterations in "
@@ -368,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--horizon", type=int, help="actions per chunk (default 8; docs/scheduler.md trains 50)")
     parser.add_argument("--name", help="bundle name in the manifest (default reference)")
+    parser.add_argument("--resume", type=Path, help="continue training this checkpoint (from an earlier build)")
     args = parser.parse_args(argv)
     cfg = BuildConfig.quick(args.out, args.work) if args.quick else BuildConfig(out=args.out, work=args.work)
     overrides = {
@@ -380,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "horizon": args.horizon,
         "name": args.name,
+        "resume": args.resume,
     }
     cfg = BuildConfig(**{**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     console = Console(stderr=True)

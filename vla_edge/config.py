@@ -131,12 +131,13 @@ class SchedulerSettings(Section):
         description="Defaults to the bundle's control rate (which must then lie in the same bounds).",
     )
     replan_when_remaining: int = Field(4, ge=1, description="Request the next chunk when this few actions remain.")
-    boundary: Literal["none", "freeze", "rtc", "blend"] = Field(
-        "none",
+    boundary: Literal["auto", "none", "freeze", "rtc", "blend"] = Field(
+        "auto",
         description="Chunk boundary: none (the new chunk takes over; the jerk check guards the junction), freeze "
         "(the new chunk starts with the actions that run during the measured inference delay), rtc (real-time "
-        "chunking: that frozen prefix, and the sampler guided towards the rest of the executing chunk; for slow "
-        "policies) or blend (cross-fade). docs/scheduler.md has the measurements.",
+        "chunking: that frozen prefix, and the sampler guided towards the rest of the executing chunk), blend "
+        "(cross-fade), or auto: none while chunks arrive in time, rtc once the measured delay is a tick or more. "
+        "docs/scheduler.md has the measurements.",
     )
     blend_steps: int = Field(3, ge=1)
     request_by_delay: StrictBool = Field(

@@ -19,8 +19,9 @@ The control tick (`ChunkScheduler.tick`) is the one place that decides what goes
   jerk check guards the junction), ``freeze`` (the actions that will run while inference is in flight, as many as
   the estimated delay, are passed as a frozen prefix), ``rtc`` (real-time chunking: that frozen prefix, and the
   rest of the executing chunk after it as a soft target the sampler is guided towards) or ``blend`` (cross-fade
-  over a few ticks). ``none`` is the default because it measured best with the reference policy at its
-  millisecond latency, which was not trained with inpainting (docs/scheduler.md);
+  over a few ticks). The default, ``auto``, is ``none`` while chunks arrive in time (the estimated delay is 0, as
+  for the reference policy, which was not trained with inpainting: ``none`` measured best there) and ``rtc`` once
+  they arrive a tick or more late (docs/scheduler.md);
 * a chunk whose request found the arm about to run out of actions, and which arrives after they ran out, is
   re-timed: the arm held in between and did not move, so its first row not covered by the actions that ran is
   due at the arrival tick, not dropped as late;
@@ -300,7 +301,7 @@ class ChunkScheduler:
         horizon: int,
         action_dim: int,
         replan_when_remaining: int = 4,
-        boundary: Literal["none", "freeze", "rtc", "blend"] = "none",
+        boundary: Literal["auto", "none", "freeze", "rtc", "blend"] = "none",
         blend_steps: int = 3,
         expected_delay_ticks: int = 0,
         plan_ahead: bool = True,
@@ -354,6 +355,13 @@ class ChunkScheduler:
     def recovering(self) -> bool:
         """A chunk was refused and a re-sample is being tried (the arm finishes the old chunk, or holds)."""
         return self._refusals > 0 and self._blocked is None
+
+    @property
+    def boundary(self) -> str:
+        """The boundary mode in force: ``auto`` is ``rtc`` while the estimated delay is a tick or more, else ``none``."""
+        if self._boundary == "auto":
+            return "rtc" if self.delay.ticks >= 1 else "none"
+        return self._boundary
 
     def remaining(self, tick: int) -> int:
         return sum(1 for t in self._timeline if t >= tick)
@@ -487,12 +495,13 @@ class ChunkScheduler:
         while tick + len(committed) in self._timeline:
             committed.append(self._timeline[tick + len(committed)][0])
         rows = np.asarray(committed, dtype=np.float32).reshape(-1, self._action_dim)
+        boundary = self.boundary
         frozen = 0
-        if self._boundary in ("freeze", "rtc"):
+        if boundary in ("freeze", "rtc"):
             # The actions that will run while this request is computed (as many as the estimated delay) are
             # committed: the new chunk starts with them. Never the whole horizon: the chunk must add something.
             frozen = min(self.delay.ticks, rows.shape[0], self._horizon - 1)
-        guide = rows[frozen:] if self._boundary == "rtc" else None  # rtc: guided, even with no rows after the prefix
+        guide = rows[frozen:] if boundary == "rtc" else None  # rtc: guided, even with no rows after the prefix
         request = InferenceRequest(observation=observation, start_tick=tick, prefix=rows[:frozen],
                                    attempt=self._refusals, guide=guide, committed=rows.shape[0])
         self._inference.submit(request)

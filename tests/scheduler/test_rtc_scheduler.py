@@ -147,3 +147,15 @@ def test_a_refused_chunk_under_a_long_delay_finishes_the_old_chunk_then_holds_th
     first_new = accepted.new_chunk.chunk[resample.committed]
     np.testing.assert_array_equal(decisions[accepted.tick].action, first_new)
     assert sum(d.action is None for d in decisions[accepted.tick:]) == 0
+
+
+@pytest.mark.parametrize(("delay_s", "expected"), [(0.0, "none"), (0.25, "rtc")])
+def test_auto_boundary_is_rtc_only_once_chunks_arrive_late(delay_s, expected):
+    clock, log = SimClock(), []
+    with _scheduler(8, delay_s, log, clock, boundary="auto") as sched:
+        assert sched.boundary == "none"  # nothing measured yet
+        _drive(sched, clock, range(0, 40))
+        assert sched.boundary == expected
+    later = log[2:]
+    assert later and all((r.guide is not None) == (expected == "rtc") for r in later)
+    assert all(r.prefix.shape[0] == (2 if expected == "rtc" else 0) for r in later)
