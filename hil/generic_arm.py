@@ -149,16 +149,18 @@ class BundleRun:
     actions_sent: int
     chunk_shapes: list[tuple[int, ...]]
     latencies_ms: list[float]
+    counters: object = None  # the scheduler's counters (vla_edge.scheduler.SchedulerCounters) at the step's end
 
 
 def run_bundle_step(bundle_dir: Path, tmp_path: Path, instruction: str, precision: str = "fp32",
-                    step_timeout_s: float = 60.0, teleop: list | None = None, **extra: dict) -> BundleRun:
+                    step_timeout_s: float = 60.0, teleop: list | None = None, observers: list | None = None,
+                    **extra: dict) -> BundleRun:
     """One task step of ``bundle_dir`` on the generic arm, through the whole daemon (real sockets, real ONNX
     Runtime, the controller client, a camera stream per view). ``teleop``: instead of the policy, an operator's take-
     over sends these `TeleopCommand`s (0.2 s apart; the last should say done). ``extra``: config sections to
     override, e.g. ``confidence={"enabled": False}`` for a random-weight policy whose chunks jump (the gate would
-    refuse them), or ``policy={"precision": "int8"}``. Returns what was actuated, the chunks' shapes and latencies,
-    and the step's report."""
+    refuse them), or ``policy={"precision": "int8"}``. ``observers``: more `TickObserver`s on the daemon's executor.
+    Returns what was actuated, the chunks' shapes and latencies, the scheduler's counters and the step's report."""
     from vla_edge.policy import manifest_v2
     from vla_edge.service import Daemon
 
@@ -195,6 +197,7 @@ def run_bundle_step(bundle_dir: Path, tmp_path: Path, instruction: str, precisio
             assert daemon.wait_for_controller(20.0), "no controller handshake"
             assert daemon.wait_for_camera(20.0), "no camera frame"
             daemon.executor.observers.append(_ShapeObserver(shapes))
+            daemon.executor.observers.extend(observers or [])
             if teleop is None:
                 report = daemon.executor.run_step(0, instruction, threading.Event())
             else:
@@ -205,7 +208,7 @@ def run_bundle_step(bundle_dir: Path, tmp_path: Path, instruction: str, precisio
         stop.set()
         thread.join(timeout=5)
         robot.close()
-    return BundleRun(report, robot.executed(), accepted, sent, shapes, latencies)
+    return BundleRun(report, robot.executed(), accepted, sent, shapes, latencies, counters)
 
 
 def _take_over(daemon, robot: GenericSimRobot, instruction: str, commands: list):  # noqa: ANN001, ANN202

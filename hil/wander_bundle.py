@@ -28,7 +28,7 @@ from vla_edge.bundle_build import assemble_bundle
 
 OPSET = 17
 ACTION_NAMES = ["target_x", "target_y", "grip", "done"]
-STATE_NAMES = ["gripper_x", "gripper_y", "grip"]
+STATE_NAMES = ["target_x", "target_y", "grip"]  # measured by name from the action-space position
 
 
 @dataclass(frozen=True)
