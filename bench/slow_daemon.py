@@ -6,8 +6,11 @@ One task step of ``--seconds`` through the real daemon (`vla_edge.service.Daemon
 the inference worker thread, the scheduler on the monotonic clock, the ZeroMQ action stream, the controller client;
 `hil.generic_arm` is the robot: any action size, one camera stream per view). The step ends by the time budget.
 Printed and written: actions per second after the first action, hold ticks after the first action (and why), chunk
-latency p50/p99 (wall time of planning, in the worker), the delay the scheduler measured in ticks, chunks re-timed,
-late actions dropped, and the peak resident memory of the process (daemon and simulated arm together, VmHWM).
+latency p50/p99 (wall time of planning, in the worker), the delay the scheduler measured in ticks, boundary and
+within-chunk jerk of the commands sent (× max_delta), chunks re-timed, late actions dropped, and the peak resident
+memory of the process (daemon and simulated arm together, VmHWM).
+
+    python -m bench.slow_daemon --slow-wander 24 --seconds 60     # the slow path on the real clock, no big model
 
 For a random-weight bundle the confidence gate is off by default (its chunks are noise; the gate would refuse
 them) and says so in the output; ``--gate`` keeps it on.
@@ -32,16 +35,29 @@ from vla_edge.executor import TickObserver
 class Timing(TickObserver):
     """Per tick: whether an action was sent and why not; per chunk: its arrival delay in ticks."""
 
+    max_delta: np.ndarray | None = None  # the action space's; the jerk is measured where it is finite
     sent: list[bool] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
     delays: list[int] = field(default_factory=list)
+    boundary_jerk: list[float] = field(default_factory=list)
+    within_jerk: list[float] = field(default_factory=list)
     t_first_ns: int | None = None
     t_last_ns: int = 0
+    _last: np.ndarray | None = None
+    _last_chunk: int | None = None
 
     def on_tick(self, decision, lateness_ns, sent, frame, state, instruction, intervention) -> None:  # noqa: ANN001
         now = time.monotonic_ns()
         if decision.new_chunk is not None:
             self.delays.append(decision.tick - decision.new_chunk.request.start_tick)
+        if sent is not None and self.max_delta is not None:
+            action = np.asarray(sent, np.float64)
+            if self._last is not None:
+                limited = np.isfinite(self.max_delta) & (self.max_delta > 0)
+                jerk = float((np.abs(action - self._last)[limited] / self.max_delta[limited]).max())
+                same = decision.chunk is not None and id(decision.chunk) == self._last_chunk
+                (self.within_jerk if same else self.boundary_jerk).append(jerk)
+            self._last, self._last_chunk = action, None if decision.chunk is None else id(decision.chunk)
         if sent is not None and self.t_first_ns is None:
             self.t_first_ns = now
         if self.t_first_ns is not None:
@@ -65,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     from vla_edge.policy import manifest_v2
 
     parser = argparse.ArgumentParser(prog="python -m bench.slow_daemon", description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--bundle", type=Path, help="the bundle to run (or --slow-wander)")
+    parser.add_argument("--slow-wander", type=int, metavar="MATMULS",
+                        help="instead of --bundle: hil.wander_bundle (50 actions, 10 Hz) made slow by MATMULS "
+                        "discarded 1024² matrix products in its encoder (24: about 1.2 s here)")
+    parser.add_argument("--fixed", action="store_true",
+                        help="scheduler.request_by_delay = false (ask at replan_when_remaining whatever the delay)")
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--samples", type=int, default=1, help="K samples per chunk (policy.num_samples)")
@@ -76,13 +97,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/slow_daemon"))
     args = parser.parse_args(argv)
 
+    work = tempfile.TemporaryDirectory(prefix="vla-edge-slow-bundle-")
+    if args.slow_wander:
+        from hil.wander_bundle import WanderSpec, build_wander_bundle
+
+        args.bundle = build_wander_bundle(Path(work.name) / "wander",
+                                          WanderSpec(burn_size=1024, burn_matmuls=args.slow_wander))
+        args.precision = "fp32"
+        args.instruction = "wander"
+    if args.bundle is None:
+        parser.error("give --bundle or --slow-wander")
     manifest = manifest_v2(load_bundle(args.bundle))
     random_weights = bool(manifest.policy.random_weights)
-    timing = Timing()
+    timing = Timing(np.asarray(manifest.action_space.max_delta, np.float64))
     extra: dict[str, dict] = {
         "policy": {"bundle": str(args.bundle), "precision": args.precision, "num_samples": args.samples,
                    "intra_op_threads": args.threads},
-        "scheduler": {"boundary": args.boundary},
+        "scheduler": {"boundary": args.boundary, "request_by_delay": not args.fixed},
     }
     if not args.gate:
         extra["confidence"] = {"enabled": False}
@@ -91,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         run = run_bundle_step(args.bundle, Path(tmp), args.instruction, precision=args.precision,
                               step_timeout_s=args.seconds, observers=[timing], **extra)
     wall = time.monotonic() - started
+    work.cleanup()
+    boundary = np.asarray(timing.boundary_jerk or [0.0])
     counters = run.counters
     latencies = np.asarray(run.latencies_ms or [float("nan")])
     active_s = (timing.t_last_ns - (timing.t_first_ns or timing.t_last_ns)) / 1e9
@@ -119,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_latency_ms_p99": float(np.percentile(latencies, 99)),
         "chunk_latency_ms_max": float(latencies.max()),
         "delay_ticks": timing.delays,
+        "boundary_jerk_p50": float(np.percentile(boundary, 50)),
+        "boundary_jerk_max": float(boundary.max()),
+        "within_chunk_jerk_max": float(max(timing.within_jerk, default=0.0)),
+        "request_by_delay": not args.fixed,
         "late_dropped": getattr(counters, "late_dropped", None),
         "chunks_retimed": getattr(counters, "retimed", None),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
@@ -132,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
           f"gate {'on' if args.gate else 'off'}: {args.seconds:g} s step ({run.report.outcome})")
     for key in ("actions_per_second_after_first", "ticks_after_first_action", "hold_ticks_after_first_action",
                 "hold_reasons", "chunks_accepted", "chunk_latency_ms_p50", "chunk_latency_ms_p99", "delay_ticks",
-                "late_dropped", "chunks_retimed", "peak_rss_mib"):
+                "boundary_jerk_p50", "boundary_jerk_max", "within_chunk_jerk_max", "late_dropped", "chunks_retimed",
+                "peak_rss_mib"):
         print(f"  {key}: {result[key]}")
     return 0
 

@@ -41,6 +41,11 @@ class WanderSpec:
     jitter: float = 0.02  # independent per-row standard deviation, normalised units
     scale: float = 0.1  # normalised unit of target_x/target_y, in workspace units (action std)
     max_delta: float = 0.08  # allowed change per tick of target_x/target_y (the reference world's MAX_STEP)
+    # A slow stand-in for the real clock: the encode graph also multiplies ``burn_matmuls`` times a matrix of
+    # ``burn_size``² (2·size³ flops each) that depends on the input and is then multiplied by 0: the policy's
+    # answer is the same, it only takes as long as a big model's encoder would. 0: no burn.
+    burn_size: int = 0
+    burn_matmuls: int = 0
 
 
 def covariance(spec: WanderSpec) -> np.ndarray:
@@ -74,23 +79,41 @@ def _graphs(spec: WanderSpec) -> tuple[bytes, bytes]:
 
     vi = helper.make_tensor_value_info
     # encode: μ = [x, y, 0, 0] (the normalised measured position) on every row; the image is read (× 0) only so
-    # the graph takes the camera view a bundle must declare.
+    # the graph takes the camera view a bundle must declare, and so is the burn (below) when there is one.
+    nodes = [
+        helper.make_node("Slice", ["state", "zero1", "two1", "one1"], ["xy"]),  # [1, 2]
+        helper.make_node("Pad", ["xy", "pads"], ["xy00"]),  # [1, 4]
+        helper.make_node("Unsqueeze", ["xy00", "one1"], ["row"]),  # [1, 1, 4]
+        helper.make_node("Expand", ["row", "shape"], ["tiled"]),  # [1, H, 4]
+        helper.make_node("ReduceMean", ["image"], ["im"], keepdims=0),
+    ]
+    inits: dict[str, np.ndarray] = {
+        "zero1": np.array([0], np.int64), "two1": np.array([2], np.int64), "one1": np.array([1], np.int64),
+        "pads": np.array([0, 0, 0, 2], np.int64), "shape": np.array([1, h, a], np.int64), "zero": np.float32(0.0)}
+    unused = "im"
+    if spec.burn_matmuls > 0 and spec.burn_size > 0:
+        size = spec.burn_size
+        rng = np.random.default_rng(0)
+        inits["burn_w"] = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
+        inits["burn_ones"] = np.ones((size, size), np.float32)
+        nodes += [helper.make_node("ReduceSum", ["state"], ["ssum"], keepdims=0),
+                  helper.make_node("Add", ["ssum", "im"], ["seed"]),
+                  helper.make_node("Mul", ["burn_ones", "seed"], ["burn0"])]
+        for i in range(spec.burn_matmuls):
+            nodes += [helper.make_node("MatMul", [f"burn{i}", "burn_w"], [f"burn_mm{i}"]),
+                      helper.make_node("Tanh", [f"burn_mm{i}"], [f"burn{i + 1}"])]
+        nodes.append(helper.make_node("ReduceMean", [f"burn{spec.burn_matmuls}"], ["burned"], keepdims=0))
+        unused = "burned"
+    nodes += [
+        helper.make_node("Mul", [unused, "zero"], ["im0"]),
+        helper.make_node("Add", ["tiled", "im0"], ["mu"]),
+        helper.make_node("Identity", ["xy"], ["embedding"]),
+    ]
     encode = model(
-        [
-            helper.make_node("Slice", ["state", "zero1", "two1", "one1"], ["xy"]),  # [1, 2]
-            helper.make_node("Pad", ["xy", "pads"], ["xy00"]),  # [1, 4]
-            helper.make_node("Unsqueeze", ["xy00", "one1"], ["row"]),  # [1, 1, 4]
-            helper.make_node("Expand", ["row", "shape"], ["tiled"]),  # [1, H, 4]
-            helper.make_node("ReduceMean", ["image"], ["im"], keepdims=0),
-            helper.make_node("Mul", ["im", "zero"], ["im0"]),
-            helper.make_node("Add", ["tiled", "im0"], ["mu"]),
-            helper.make_node("Identity", ["xy"], ["embedding"]),
-        ],
+        nodes,
         [vi("image", TensorProto.FLOAT, [1, 3, 8, 8]), vi("state", TensorProto.FLOAT, [1, 3])],
         [vi("mu", TensorProto.FLOAT, [1, h, a]), vi("embedding", TensorProto.FLOAT, [1, 2])],
-        {"zero1": np.array([0], np.int64), "two1": np.array([2], np.int64), "one1": np.array([1], np.int64),
-         "pads": np.array([0, 0, 0, 2], np.int64), "shape": np.array([1, h, a], np.int64),
-         "zero": np.float32(0.0)},
+        inits,
     )
     lam, vectors = np.linalg.eigh(covariance(spec))
     # step: y = x − τμ; u = μ + ((y·V) ⊙ k(τ, λ))·Vᵀ, k = (τλ − (1 − τ)) / ((1 − τ)² + τ²λ)
@@ -133,7 +156,9 @@ def build_wander_bundle(directory: Path, spec: WanderSpec = WanderSpec()) -> Pat
     manifest = {
         "schema_version": 2, "name": "wander", "version": "0.0.1", "created_utc": "2026-12-01T00:00:00+00:00",
         "description": "smooth random gripper paths from a known Gaussian (closed-form flow, no trained weights; "
-                       "hil/wander_bundle.py): the slow-path scheduling test's policy",
+                       "hil/wander_bundle.py): the slow-path scheduling test's policy"
+                       + (f"; made slow by {spec.burn_matmuls} discarded {spec.burn_size}² matrix products"
+                          if spec.burn_matmuls else ""),
         "policy": {"type": "other", "random_weights": True, "parameters": 0},
         "control_rate_hz": spec.control_rate_hz,
         "observation": {
