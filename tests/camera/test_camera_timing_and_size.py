@@ -123,12 +123,15 @@ def test_size_change_is_a_camera_fault_until_the_size_is_back(publisher, caplog)
     settings = CameraSettings(source="sim", sim_endpoint=publisher.bound_endpoint, width=32, height=32)
     with SimSource(settings) as source, caplog.at_level(logging.INFO, logger="vla_edge.camera"):
         assert _feed(publisher, source, _image(10)) is not None
+        start = source.counters()  # a slow start may already have counted a stall and its recovery
         assert _feed(publisher, source, _image(20, height=160, width=96)) is None  # portrait: refused
         assert source.status is CameraStatus.FAILED
         assert "native frame size changed mid-stream from 96x96 to 96x160" in source.last_error
         for _ in range(5):
+            rejected = source.counters()["size_rejected"]
             publisher.publish(_image(30, height=160, width=96), time.monotonic_ns())
-            assert source.wait_latest(0.05) is None
+            _until(lambda: source.counters()["size_rejected"] > rejected, what="the portrait frame to be refused")
+            assert source.latest() is None
         frame = None
         deadline = time.monotonic() + 30
         while frame is None and time.monotonic() < deadline:  # the size is back: frames flow again
@@ -136,7 +139,8 @@ def test_size_change_is_a_camera_fault_until_the_size_is_back(publisher, caplog)
         assert frame is not None and source.status is CameraStatus.OK
         assert source.last_error is None  # cleared on recovery
         counters = source.counters()
-        assert counters["size_changes"] == 1 and counters["size_rejected"] >= 6 and counters["recoveries"] == 1
+        assert counters["size_changes"] == 1 and counters["size_rejected"] >= 6
+        assert counters["recoveries"] == start["recoveries"] + 1
     assert any("recovered" in r.getMessage() and "native frame size changed" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
 
@@ -169,7 +173,7 @@ FPS = 20.0
 class _StreamServer:
     """Serves ``chunks`` (one per frame) on HTTP at the camera's pace: chunk i at start + i / FPS + delay(i)."""
 
-    def __init__(self, content_type: str, chunks: list[bytes], delay_s) -> None:
+    def __init__(self, content_type: str, chunks: list[bytes], delay_s, fps: float = FPS) -> None:
         self.sent_at: dict[int, int] = {}
         outer = self
 
@@ -180,7 +184,7 @@ class _StreamServer:
                 self.end_headers()
                 start = time.monotonic()
                 for i, chunk in enumerate(chunks):
-                    due = start + i / FPS + delay_s(i)
+                    due = start + i / fps + delay_s(i)
                     pause = due - time.monotonic()
                     if pause > 0:
                         time.sleep(pause)
@@ -235,27 +239,29 @@ def _collect(source: OpenCVSource, done, timeout_s: float = 90.0) -> list[int]:
 
 
 def test_frames_held_back_and_burst_by_a_network_source_are_refused():
-    """MJPEG over HTTP; frames 60..77 (0.9 s) held back, then sent at once. FFmpeg's own frame times are made up
-    for MJPEG, so only the arrival pattern can tell: a burst after a gap."""
+    """MJPEG over HTTP at 5 fps; frames 20..29 (2 s) held back, then sent at once. FFmpeg's own frame times are
+    made up for MJPEG, so only the arrival pattern can tell: a burst after a gap. (5 fps: a grabber starved by a
+    loaded machine still reads a backlog faster than 0.9 of a 200 ms period.)"""
     cv2 = pytest.importorskip("cv2")
     chunks = []
-    for i in range(140):
+    for i in range(60):
         ok, jpg = cv2.imencode(".jpg", _picture(i), [cv2.IMWRITE_JPEG_QUALITY, 95])
         chunks.append(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
                       + jpg.tobytes() + b"\r\n")
-    held = range(60, 78)
-    delay = lambda i: (78 - i) / FPS if i in held else 0.0  # noqa: E731 - each held frame goes out with frame 78
-    settings = CameraSettings(width=32, height=24, max_frame_age_ms=250, stall_timeout_ms=3000)
-    with _StreamServer("multipart/x-mixed-replace; boundary=frame", chunks, delay) as server:
+    fps = 5.0
+    held = range(20, 30)
+    delay = lambda i: (30 - i) / fps if i in held else 0.0  # noqa: E731 - each held frame goes out with frame 30
+    settings = CameraSettings(width=32, height=24, max_frame_age_ms=250, stall_timeout_ms=5000)
+    with _StreamServer("multipart/x-mixed-replace; boundary=frame", chunks, delay, fps=fps) as server:
         settings = settings.model_copy(update={"source": server.url("camera.mjpg")})
         with OpenCVSource(settings) as source:
-            seen = _collect(source, lambda seen: bool(seen) and seen[-1] >= 110)
+            seen = _collect(source, lambda seen: bool(seen) and seen[-1] >= 45)
             counters = source.counters()
-    assert seen and seen[-1] >= 110, seen
-    stale = [i for i in held if (held.stop - i) / FPS > 0.3]  # held longer than the 250 ms age limit (+ margin)
+    assert seen and seen[-1] >= 45, seen
+    stale = [i for i in held if (held.stop - i) / fps > 0.3]  # held longer than the 250 ms age limit (+ margin)
     leaked = [i for i in seen if i in stale]
     assert not leaked, f"held-back frames were delivered: {leaked} (all seen: {seen})"
-    assert counters["burst_rejected"] >= 10, counters
+    assert counters["burst_rejected"] >= 5, counters
 
 
 def _ts_chunks(count: int) -> list[bytes]:
@@ -307,9 +313,10 @@ def test_recovery_from_a_stall_is_logged_and_clears_last_error(publisher, caplog
                               stall_timeout_ms=300, max_frame_age_ms=250)
     with SimSource(settings) as source, caplog.at_level(logging.INFO, logger="vla_edge.camera"):
         assert _feed(publisher, source, _image(10)) is not None
+        start = source.counters()["recoveries"]  # a slow start may already have counted one
         _until(lambda: source.status is CameraStatus.STALLED, what="the stall")  # nothing published: silence
         assert "no new frame" in source.last_error
         assert _feed(publisher, source, _image(11)) is not None
         assert source.status is CameraStatus.OK and source.last_error is None
-        assert source.counters()["recoveries"] == 1
+        assert source.counters()["recoveries"] == start + 1
     assert any("recovered" in r.getMessage() and "stalled" in r.getMessage() for r in caplog.records)

@@ -197,7 +197,7 @@ def test_daemon_stopped_mid_chunk_leaves_the_arm_holding(tmp_path, how):
             assert robot.executed_since(0) >= 5, "the daemon never moved the arm"
             stopped_at = time.monotonic_ns()
             daemon.send_signal(getattr(signal, how))
-            out, err = daemon.communicate(timeout=20)
+            out, err = daemon.communicate(timeout=60)
         finally:
             if daemon.poll() is None:
                 daemon.kill()
@@ -250,7 +250,7 @@ def test_daemon_mode_runs_task_files_from_the_inbox(tmp_path):
                 time.sleep(0.1)
             assert robot.executed_since(0) >= 5, "the task from the inbox never moved the arm"
             daemon.send_signal(signal.SIGTERM)
-            _, err = daemon.communicate(timeout=20)
+            _, err = daemon.communicate(timeout=60)
         finally:
             if daemon.poll() is None:
                 daemon.kill()

@@ -35,7 +35,7 @@ _spec.loader.exec_module(_module)
 HilExecutor = _module.HilExecutor
 
 
-def _wait(predicate, timeout=15.0, what="condition"):
+def _wait(predicate, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -87,7 +87,7 @@ def test_escalation_approve_and_takeover_in_browser(tmp_path):
 
             # 1. The low-confidence escalation of step 0 appears with its frame, instruction and figures.
             card = page.locator(".card[data-kind=low_confidence]")
-            expect(card).to_have_count(1, timeout=15000)
+            expect(card).to_have_count(1, timeout=30000)
             expect(card.locator(".instruction")).to_have_text(chain[0].instruction)
             expect(card.locator(".figures")).to_contain_text("spread")
             assert card.locator("img.frame").get_attribute("src").startswith("data:image/jpeg;base64,")
@@ -113,14 +113,14 @@ def test_escalation_approve_and_takeover_in_browser(tmp_path):
 
             # 3. Step 1 escalates; keep a screenshot of the console with the question open.
             card = page.locator(".card[data-kind=low_confidence]")
-            expect(card.locator(".step")).to_have_text("step 1", timeout=15000)
+            expect(card.locator(".step")).to_have_text("step 1", timeout=30000)
             expect(page.locator("#history")).to_contain_text("approve")
             page.wait_for_timeout(700)  # one more poll so plot and camera show the hold
             page.screenshot(path=str(ARTIFACTS / "operator_console_escalation.png"))
 
             # 4. Take over and drive with the keyboard: three presses right, grip toggle.
             card.get_by_role("button", name="Take over").click()
-            expect(page.locator("#teleop")).to_have_class("panel active", timeout=10000)
+            expect(page.locator("#teleop")).to_have_class("panel active", timeout=30000)
             with executor.lock:
                 before = world.gripper_position()
             page.locator("#teleop h3").click()  # focus on the page, not on a form field
@@ -136,7 +136,7 @@ def test_escalation_approve_and_takeover_in_browser(tmp_path):
                 with executor.lock:
                     return float(world.gripper_position()[0] - before[0])
 
-            _wait(lambda: abs(moved() - sign * 0.06) < 0.005, timeout=5, what="the gripper to move 3 presses")
+            _wait(lambda: abs(moved() - sign * 0.06) < 0.005, what="the gripper to move 3 presses")
             time.sleep(0.2)  # and stay there
             with executor.lock:
                 after = world.gripper_position()
@@ -150,7 +150,7 @@ def test_escalation_approve_and_takeover_in_browser(tmp_path):
             page.keyboard.press("Enter")
             thread.join(30)
             assert not thread.is_alive(), "the task did not finish"
-            expect(page.locator("#run-status")).to_have_text("completed", timeout=5000)
+            expect(page.locator("#run-status")).to_have_text("completed", timeout=30000)
             expect(page.locator("#steps li.teleoperated")).to_have_count(1)
             assert errors == [], f"JavaScript errors on the page: {errors}"
             browser.close()

@@ -15,8 +15,9 @@ Stamping a frame when it arrives is wrong for a source that holds frames back an
   frame times up at an assumed 25 fps; ``camera.clock = "source"`` trusts a URL's own times (MPEG-TS with real
   PTS), ``"arrival"`` never uses them. A link whose delay rises for good is refused for up to ``window_s``, then its new delay is
   the usual one: the mapping measures delay relative to the link's recent best, not absolute latency.
-- **Bursts.** Several frames arriving much faster than the source's frame period (under half of it, which a
-  grabber slowed by a loaded machine still manages) right after a gap (over 2.5 periods) are frames that were held back: each such frame, and the one that opened the
+- **Bursts.** Frames arriving faster than the source's frame period (under 0.9 of it: a grabber slowed by a
+  loaded machine works through a backlog at its decoding pace, only a caught-up one waits a whole period) right
+  after a gap (over 2.5 periods) are frames that were held back: each such frame, and the one that opened the
   burst, is refused as stale. The first frame after a gap is never handed out on its own: the next frame shows
   whether it opened a burst, and replaces it if not (one frame period of latency after a gap, a loaded grabber
   cannot race it).
@@ -106,7 +107,10 @@ class FrameTiming:
             if period is None:
                 self._intervals.append(dt)
             else:
-                fast, gap = dt < period / 2, dt > 2.5 * period
+                # "Faster than the camera" is under 0.9 periods: a grabber slowed by a loaded machine works through
+                # a backlog at its own decoding pace, well above period / 4, but only a grabber that is caught up
+                # waits a whole period for the next frame.
+                fast, gap = dt < 0.9 * period, dt > 2.5 * period
                 if self._in_burst:
                     self._in_burst = fast
                 elif fast and self._last_gap:
