@@ -55,5 +55,6 @@ def instruction_graph(vocab: Sequence[str], words: Sequence[str]):
                      numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="vla-edge")
+    model.ir_version = 8  # as the bundles: onnx 1.23's default (14) is too new for ONNX Runtime 1.23 (Python 3.10)
     onnx.checker.check_model(model)
     return model
