@@ -3,6 +3,7 @@
 # on the CPU, at a size this project's 2-core machine trains in about an hour (docs/lerobot.md has the figures).
 #
 #   models/lerobot_train/train.sh DATASET_DIR OUTPUT_DIR [STEPS] [--policy.path=CHECKPOINT/pretrained_model ...]
+#   models/lerobot_train/train.sh DATASET_DIR OUTPUT_DIR STEPS --resume    # continue OUTPUT_DIR's run up to STEPS
 #
 # DATASET_DIR: a LeRobot v3.0 dataset (models.lerobot_train.record_demos, or what the daemon recorded).
 # OUTPUT_DIR:  must not exist; checkpoints land in OUTPUT_DIR/checkpoints/NNNNNN/pretrained_model/.
@@ -25,7 +26,12 @@ DATASET="$1"; OUT="$2"; shift 2
 STEPS=3000
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then STEPS="$1"; shift; fi
 if [ ! -f "$DATASET/meta/info.json" ]; then echo "train.sh: $DATASET is not a LeRobot dataset (no meta/info.json)" >&2; exit 2; fi
-if [ -e "$OUT" ]; then echo "train.sh: $OUT exists; give a new output directory" >&2; exit 2; fi
+RESUME=0
+for arg in "$@"; do [ "$arg" = "--resume" ] && RESUME=1; done
+if [ "$RESUME" = 1 ]; then
+  CONFIG="$OUT/checkpoints/last/pretrained_model/train_config.json"
+  if [ ! -f "$CONFIG" ]; then echo "train.sh: --resume needs $CONFIG" >&2; exit 2; fi
+elif [ -e "$OUT" ]; then echo "train.sh: $OUT exists; give a new output directory (or --resume)" >&2; exit 2; fi
 if [ ! -x .venv-lerobot/bin/lerobot-train ]; then echo "train.sh: run scripts/setup-lerobot.sh first" >&2; exit 2; fi
 
 SIZE=(--policy.type=act --policy.pretrained_backbone_weights=null
@@ -40,6 +46,11 @@ done
 # torchcodec (LeRobot's default video decoder) needs FFmpeg's shared libraries; without them use PyAV.
 BACKEND=pyav
 if .venv-lerobot/bin/python -c 'import torchcodec.decoders' >/dev/null 2>&1; then BACKEND=torchcodec; fi
+
+if [ "$RESUME" = 1 ]; then  # the run's own settings; only the step count changes
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}" OMP_WAIT_POLICY=PASSIVE
+  exec .venv-lerobot/bin/lerobot-train --config_path="$CONFIG" --resume=true --steps="$STEPS"
+fi
 
 # One thread: on a CPU shared with other work, two OpenMP threads spend much of their time waiting for each other.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}" OMP_WAIT_POLICY=PASSIVE
