@@ -102,7 +102,9 @@ def test_stalled_controller_gets_at_most_two_old_commands(stall_s, demo_settings
             fresh = wait(lambda: daemon.latest_state().t_sent_ns > time.monotonic_ns() - 50_000_000, 10.0)
             assert controller.poll() is None, f"the controller died after SIGCONT: {controller.stdout.read()[-500:]}"
             assert fresh, "no fresh state report within 10 s of SIGCONT"
-            time.sleep(0.3)
+            if stall_s < 3 * demo_settings.heartbeat_ms / 1000:  # the newest command must arrive: wait for it
+                wait(lambda: daemon.latest_state().counters.get("rx_action", 0) > before.get("rx_action", 0), 10.0)
+            time.sleep(0.3)  # not a wait for an effect: time for a wrong extra command to show (at most 2 may)
             after = daemon.latest_state().counters
         finally:
             if controller.poll() is None:
