@@ -4,6 +4,8 @@
     python -m bench.slow_path --bundle models/bundles/reference-h50 --out bench/results/slow_path-h50
     python -m bench.slow_path --wander 20 --out bench/results/slow_path      # the wander policy, H = 50, at 1.5 s
     python -m bench.slow_path --quick --out /tmp/slow                                         # CI smoke
+    python -m bench.slow_path --combine bench/results/slow_path-100/7201 bench/results/slow_path-100/7202 \
+        --out bench/results/slow_path-100 --plot docs/images/slow_path.png     # two roots: pooled, with spread
 
 The reference world's ten-step chains, autonomous (the policy alone, every chunk actuated), on the robot's own
 executor and scheduler in simulated time (``vla_edge.simulation``), with the policy's real ONNX outputs; only the
@@ -278,10 +280,14 @@ def save_plot(rows: list[dict[str, Any]], path: Path, title: str, horizon_s: flo
     for mode in modes:
         cells = {r["delay_s"]: r for r in rows if r["mode"] == mode}
         xs = [d for d in delays if d in cells]
-        axes[0].plot(xs, [cells[d]["step_success"] for d in xs], "o-", label=mode)
+        line = axes[0].plot(xs, [cells[d]["step_success"] for d in xs], "o-", label=mode)[0]
         axes[1].plot(xs, [cells[d]["hold_ticks_after_first_action_per_step"] for d in xs], "o-", label=mode)
         axes[2].plot(xs, [cells[d]["boundary_jerk_p99"] for d in xs], "o-", label=mode)
-    lowest = min(r["step_success"] for r in rows)
+        for panel, key in ((0, "step_success_by_seed"), (2, "boundary_jerk_p99_by_seed")):  # pooled runs: each root
+            for d in xs:
+                values = cells[d].get(key, [])
+                axes[panel].plot([d] * len(values), values, "_", color=line.get_color(), ms=12, mew=1.5)
+    lowest = min([r["step_success"] for r in rows] + [v for r in rows for v in r.get("step_success_by_seed", [])])
     axes[0].set_ylim(min(0.8, lowest - 0.05), 1.0)
     axes[0].set_title("per-step success (policy alone)")
     axes[1].set_title("hold ticks per step after its first action")
@@ -328,6 +334,77 @@ def replot(out: Path) -> Path:
                      f"{summary['seed']}", horizon_s)
 
 
+def combine(runs: Sequence[Path], out: Path, plot: Path | None = None) -> list[dict[str, Any]]:
+    """Pool runs of the same cells on different seed roots (``--combine``): per (delay, mode) the success pooled
+    over every chain and each root's own figure (the spread), hold ticks and jerk averaged over the roots. Writes
+    ``combined.json`` and ``combined.md`` under ``out`` and the plot (pooled lines, each root's points)."""
+    summaries = [json.loads((run / "slow_path.json").read_text(encoding="utf-8")) for run in runs]
+    first = summaries[0]
+    for other in summaries[1:]:
+        for key in ("bundle", "horizon", "control_rate_hz", "precision", "num_samples"):
+            if other[key] != first[key]:
+                raise SystemExit(f"error: cannot pool runs that differ in {key}: {first[key]} against {other[key]}")
+    seeds = [s["seed"] for s in summaries]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: each run must be on its own seed root, got {seeds}")
+    cells: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for summary in summaries:
+        for row in summary["rows"]:
+            cells.setdefault((row["delay_s"], row["mode"]), []).append({**row, "seed": summary["seed"]})
+    rows = []
+    for (delay, mode), per_root in cells.items():
+        if len(per_root) != len(summaries):
+            continue  # a cell not run on every root is not pooled
+        chains = sum(r["chains"] for r in per_root)
+
+        def pooled(key: str, rows_: list[dict[str, Any]] = per_root, n: int = chains) -> float:
+            return float(sum(r[key] * r["chains"] for r in rows_) / n)
+
+        rows.append({
+            "delay_s": delay, "mode": mode, "chains": chains, "seeds": seeds,
+            "step_success": pooled("step_success"),
+            "step_success_by_seed": [r["step_success"] for r in per_root],
+            "chain_success": pooled("chain_success"),
+            "chain_success_by_seed": [r["chain_success"] for r in per_root],
+            "hold_ticks_after_first_action_per_step": pooled("hold_ticks_after_first_action_per_step"),
+            "hold_fraction_after_first_action": pooled("hold_fraction_after_first_action"),
+            "boundary_jerk_p50": pooled("boundary_jerk_p50"),
+            "boundary_jerk_p99": pooled("boundary_jerk_p99"),
+            "boundary_jerk_p99_by_seed": [r["boundary_jerk_p99"] for r in per_root],
+            "boundary_jerk_max": max(r["boundary_jerk_max"] for r in per_root),
+            "boundaries_over_max_delta": pooled("boundaries_over_max_delta"),
+            "chunks_retimed": sum(r["chunks_retimed"] for r in per_root),
+        })
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {k: first[k] for k in ("bundle", "horizon", "control_rate_hz", "precision", "num_samples")}
+    summary.update(seeds=seeds, runs=[str(r) for r in runs], rows=rows)
+    (out / "combined.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    (out / "combined.md").write_text(combined_markdown(rows), encoding="utf-8")
+    horizon_s = first["horizon"] / first["control_rate_hz"]
+    per_seed = rows[0]["chains"] // len(seeds) if rows else 0
+    save_plot(rows, plot or out / "slow_path.png",
+              f"{first['bundle'].split()[0]} ({first['precision']}, chunk of {first['horizon']} actions = "
+              f"{horizon_s:g} s at {first['control_rate_hz']:g} Hz), {per_seed} chains on each of seed roots "
+              f"{', '.join(map(str, seeds))} (line: pooled; points: each root)", horizon_s)
+    return rows
+
+
+def combined_markdown(rows: list[dict[str, Any]]) -> str:
+    seeds = rows[0]["seeds"] if rows else []
+    lines = ["| delay | mode | per-step success, pooled (" + " / ".join(map(str, seeds)) + ") | chain success, pooled ("
+             + " / ".join(map(str, seeds)) + ") | hold ticks per step after its first action | "
+             "boundary jerk p50 / p99 (× max_delta), max |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        by_step = " / ".join(f"{v:.1%}" for v in r["step_success_by_seed"])
+        by_chain = " / ".join(f"{v:.0%}" for v in r["chain_success_by_seed"])
+        lines.append(
+            f"| {r['delay_s']:g} s | {r['mode']} | {r['step_success']:.1%} ({by_step}) | {r['chain_success']:.0%} "
+            f"({by_chain}) | {r['hold_ticks_after_first_action_per_step']:.1f} | {r['boundary_jerk_p50']:.2f} / "
+            f"{r['boundary_jerk_p99']:.2f}, {r['boundary_jerk_max']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.slow_path", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REFERENCE_BUNDLE_DIR)
@@ -342,7 +419,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replot", action="store_true", help="only redraw the plot from --out's JSON")
     parser.add_argument("--wander", type=int, metavar="RUNS",
                         help="instead: the wander policy (hil.wander_bundle, H = 50) at 1.5 s over RUNS seeds")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="instead: pool runs on different seed roots (their slow_path.json) into --out")
+    parser.add_argument("--plot", type=Path, help="with --combine: where to write the plot (default: --out)")
     args = parser.parse_args(argv)
+    if args.combine:
+        missing = [str(d) for d in args.combine if not (d / "slow_path.json").is_file()]
+        if missing:
+            parser.error(f"no slow_path.json in {', '.join(missing)}")
+        rows = combine(args.combine, args.out, args.plot)
+        print(combined_markdown(rows))
+        print(f"wrote {args.out / 'combined.json'} and {args.plot or args.out / 'slow_path.png'}")
+        return 0
     if args.replot:
         print(f"wrote {replot(args.out)}")
         return 0

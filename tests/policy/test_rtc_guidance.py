@@ -19,6 +19,7 @@ from vla_edge.samplers import GUIDANCE_CLIP, guidance_scale, guidance_target, gu
 DDIM = {"kind": "ddim", "num_train_timesteps": 100, "num_inference_steps": 10, "beta_schedule": "squaredcos_cap_v2",
         "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon", "clip_sample": True,
         "clip_sample_range": 1.0}
+DDPM = {**DDIM, "kind": "ddpm", "num_inference_steps": 20}
 
 
 def _frame(h: int, w: int) -> np.ndarray:
@@ -99,19 +100,46 @@ def test_guidance_follows_the_model_not_a_blind_pull(tmp_path: Path):
     np.testing.assert_allclose(guided, plain, atol=1e-4)
 
 
-def test_diffusion_replaces_the_guided_rows_by_weight(tmp_path: Path):
-    runner = PolicyRunner(load_bundle(tiny.build_diffusion_bundle(tmp_path / "dp", DDIM)), "fp32", intra_op_threads=1)
+@pytest.mark.parametrize("sampler", [DDIM, DDPM], ids=["ddim", "ddpm"])
+def test_diffusion_replaces_the_guided_rows_by_weight(sampler: dict, tmp_path: Path):
+    runner = PolicyRunner(load_bundle(tiny.build_diffusion_bundle(tmp_path / "dp", sampler)), "fp32",
+                          intra_op_threads=1)
     runner.set_instruction("task")
     encoded = runner.encode(_frame(5, 7), np.array([1.0, 1.0], np.float32))
-    initial = np.random.default_rng(5).standard_normal((2, tiny.DP_H, tiny.DP_A)).astype(np.float32)
-    plain = runner.sample(encoded, 2, noise=SamplerNoise(initial)).actions
+    rng = np.random.default_rng(5)
+    initial = rng.standard_normal((2, tiny.DP_H, tiny.DP_A)).astype(np.float32)
+    noisy = runner._diffusion.noisy_steps  # DDPM draws noise at every step but the last: the same draws both times
+    steps = rng.standard_normal((noisy, 2, tiny.DP_H, tiny.DP_A)).astype(np.float32) if noisy else None
+    assert (noisy > 0) == (sampler["kind"] == "ddpm")
+    plain = runner.sample(encoded, 2, noise=SamplerNoise(initial, steps)).actions
     guide = np.full((3, tiny.DP_A), 0.9, np.float32)
-    guided = runner.sample(encoded, 2, noise=SamplerNoise(initial), guide=guide).actions
+    guided = runner.sample(encoded, 2, noise=SamplerNoise(initial, steps), guide=guide).actions
     before, after = np.abs(plain[:, :3] - guide).mean(axis=(0, 2)), np.abs(guided[:, :3] - guide).mean(axis=(0, 2))
     pulled = 1.0 - after / before
     assert np.all(pulled > 0.05) and pulled[0] > pulled[1] > pulled[2], pulled  # hardest next to the prefix
     # This tiny model treats every entry on its own: the rows after the guided ones are untouched.
     np.testing.assert_allclose(guided[:, 3:], plain[:, 3:], atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", [DDIM, DDPM], ids=["ddim", "ddpm"])
+def test_diffusion_inpaints_the_frozen_prefix_by_replacement(sampler: dict, tmp_path: Path):
+    """The frozen prefix comes out exactly as committed, with DDPM's per-step noise draws as with DDIM; this tiny
+    model couples no rows, so the rows after the prefix are what the unconstrained sample says (the coupling itself
+    is what the flow test above measures on a model whose rows depend on each other)."""
+    runner = PolicyRunner(load_bundle(tiny.build_diffusion_bundle(tmp_path / "dp", sampler)), "fp32",
+                          intra_op_threads=1)
+    runner.set_instruction("task")
+    encoded = runner.encode(_frame(5, 7), np.array([1.0, 1.0], np.float32))
+    rng = np.random.default_rng(6)
+    initial = rng.standard_normal((3, tiny.DP_H, tiny.DP_A)).astype(np.float32)
+    noisy = runner._diffusion.noisy_steps
+    steps = rng.standard_normal((noisy, 3, tiny.DP_H, tiny.DP_A)).astype(np.float32) if noisy else None
+    plain = runner.sample(encoded, 3, noise=SamplerNoise(initial, steps)).actions
+    prefix = np.array([[0.25, 0.5, 0.75], [0.3, 0.55, 0.8]], np.float32)
+    frozen = runner.sample(encoded, 3, prefix=prefix, noise=SamplerNoise(initial, steps)).actions
+    np.testing.assert_allclose(frozen[:, :2], np.broadcast_to(prefix, (3, 2, tiny.DP_A)), atol=1e-5)
+    assert np.abs(plain[:, :2] - prefix).max() > 0.05  # the prefix is not what the policy would have said
+    np.testing.assert_allclose(frozen[:, 2:], plain[:, 2:], atol=1e-5)
 
 
 def test_single_pass_blends_the_guide_in(tmp_path: Path):
