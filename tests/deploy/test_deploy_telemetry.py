@@ -171,6 +171,26 @@ def test_server_serves_metrics_and_status_on_loopback():
     assert status.health.rss_bytes and status.health.rss_bytes > 0
 
 
+def test_status_carries_the_stream_counters_and_status_shows_the_refusals():
+    """The service adds the action stream's counters under "stream" (docs/wire.md §8). On main before this,
+    /status.json answered 500 whenever a daemon had a stream: the nested counters did not fit the flat state."""
+    from rich.console import Console
+
+    from vla_edge.commands.status import render
+
+    stream = {"daemon": {"sent_action": 40, "refused_auth": 2}, "controller": {"executed": 38, "rejected_late": 1},
+              "link_round_trip_ms": 0.7}
+    with MetricsServer(DaemonMetrics(), port=0, status_provider=lambda: {"mode": "running", "stream": stream}) as server:
+        with urllib.request.urlopen(f"{server.url}/status.json", timeout=30) as resp:
+            status = StatusReport.model_validate_json(resp.read())
+    assert status.state == {"mode": "running"}
+    assert status.stream is not None and status.stream.model_dump() == stream
+    console = Console(record=True, width=200)
+    console.print(render(status, server.url))
+    text = console.export_text()
+    assert "refused_auth 2" in text and "rejected_late 1" in text and "link round trip 0.7 ms" in text
+
+
 def test_openmetrics_is_served_when_asked_for():
     dm = DaemonMetrics()
     dm.record_chunk()

@@ -78,6 +78,15 @@ def render(report: StatusReport, url: str) -> Panel:
     head.add_row("escalations", escalations)
     if report.confidence:
         head.add_row("confidence", "  ".join(f"{k}={v:.3g}" for k, v in report.confidence.items()))
+    if report.stream is not None:
+        link = report.stream.link_round_trip_ms
+        head.add_row("stream", "link round trip " + ("not measured yet" if link is None else f"{link:.1f} ms"))
+        for side, counters in (("daemon", report.stream.daemon), ("controller", report.stream.controller)):
+            # refusals first: they are why a controller cannot connect or a command did not run
+            refused = {k: v for k, v in counters.items() if k.startswith(("refused_", "rejected_")) and v}
+            rest = {k: v for k, v in counters.items() if k not in refused}
+            text = ", ".join(f"{k} {v}" for k, v in (*refused.items(), *rest.items())) or "none yet"
+            head.add_row(f"  {side}", ("[red]" + text + "[/red]") if refused else text)
 
     stages = Table(title="stage latency (ms)", title_justify="left", expand=False)
     for col in ("stage", "count", "mean", "p50", "p95"):

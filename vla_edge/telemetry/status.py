@@ -33,6 +33,16 @@ class HealthSummary(BaseModel):
     throttled: list[str] = Field(default_factory=list, description="Flags currently set.")
 
 
+class StreamStatus(BaseModel):
+    """The action stream's counters (docs/wire.md §8): the daemon's own (sent, refused: ``refused_auth``,
+    ``rejected_state_dim`` ...), the controller's from its latest state report, and the link's round trip."""
+
+    model_config = ConfigDict(extra="forbid")
+    daemon: dict[str, int] = Field(default_factory=dict)
+    controller: dict[str, int] = Field(default_factory=dict)
+    link_round_trip_ms: float | None = None
+
+
 class StatusReport(BaseModel):
     """What ``/status.json`` returns. Versioned: ``vla-edge status`` refuses a version it does not know."""
 
@@ -51,9 +61,11 @@ class StatusReport(BaseModel):
     escalations: dict[str, float] = Field(default_factory=dict)
     confidence: dict[str, float] = Field(default_factory=dict)
     health: HealthSummary = Field(default_factory=HealthSummary)
+    stream: StreamStatus | None = Field(default=None, description="None when the daemon runs no action stream.")
 
 
-StatusProvider = Callable[[], Mapping[str, str | int | float | bool | None]]
+# What the service adds: flat values, plus the action stream's counters under "stream" (a StreamStatus).
+StatusProvider = Callable[[], Mapping[str, Any]]
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
@@ -82,11 +94,13 @@ def build_status(metrics: DaemonMetrics, state: Mapping[str, Any] | None = None)
             rss_bytes=s.rss_bytes, memory_used_ratio=s.memory_used_ratio, temperatures_c=s.temperatures_c,
             throttled=[flag for flag, is_set in (s.throttled or {}).items() if is_set],
         )
+    state = dict(state or {})
+    stream = state.pop("stream", None)  # the one structured entry the service gives: typed here, not in state
     return StatusReport(
         version=__version__,
         pid=os.getpid(),
         uptime_s=(time.monotonic_ns() - metrics.started_ns) / 1e9,
-        state=dict(state or {}),
+        state=state,
         stages=stages,
         chunks_total=metrics.chunks_total(),
         chunk_rate_hz=metrics.chunk_rate(),
@@ -95,4 +109,5 @@ def build_status(metrics: DaemonMetrics, state: Mapping[str, Any] | None = None)
         escalations=metrics.by_label(metrics.escalations, "reason"),
         confidence=metrics.by_label(metrics.confidence, "signal"),
         health=health,
+        stream=None if stream is None else StreamStatus.model_validate(stream),
     )
