@@ -377,7 +377,8 @@ def combine(runs: Sequence[Path], out: Path, plot: Path | None = None) -> list[d
         })
     out.mkdir(parents=True, exist_ok=True)
     summary = {k: first[k] for k in ("bundle", "horizon", "control_rate_hz", "precision", "num_samples")}
-    summary.update(seeds=seeds, runs=[str(r) for r in runs], rows=rows)
+    summary.update(seeds=seeds, runs=[str(r) for r in runs], rows=rows,
+                   complete=all(s.get("complete", True) for s in summaries))
     (out / "combined.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     (out / "combined.md").write_text(combined_markdown(rows), encoding="utf-8")
     horizon_s = first["horizon"] / first["control_rate_hz"]
@@ -445,16 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle, policy = open_policy(args.bundle, args.precision, threads=1)
     monitor = base_monitor(bundle)
     chains = [chain_setup(args.seed, i) for i in range(args.chains)]
-    rows = []
-    for delay in args.delays:
-        for mode in args.modes:
-            row = run_cell(policy, bundle, monitor, chains, delay, mode, args.samples)
-            rows.append(row)
-            print(f"delay {delay:g} s {mode:>6}: per-step {row['step_success']:.1%}, chains "
-                  f"{row['chain_success']:.0%}, holds/step {row['hold_ticks_after_first_action_per_step']:.1f}, "
-                  f"jerk p99 {row['boundary_jerk_p99']:.2f} max {row['boundary_jerk_max']:.2f} "
-                  f"({row['wall_seconds']:.0f} s)", flush=True)
     manifest = bundle.manifest
+    rows: list[dict[str, Any]] = []
     summary = {
         "bundle": f"{manifest.name} {manifest.version}",
         "horizon": policy.horizon,
@@ -463,10 +456,21 @@ def main(argv: list[str] | None = None) -> int:
         "num_samples": args.samples,
         "seed": args.seed,
         "rows": rows,
+        "complete": False,
         "command": "python -m bench.slow_path " + " ".join(argv if argv is not None else _argv()),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "slow_path.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    for delay in args.delays:
+        for mode in args.modes:
+            row = run_cell(policy, bundle, monitor, chains, delay, mode, args.samples)
+            rows.append(row)
+            print(f"delay {delay:g} s {mode:>6}: per-step {row['step_success']:.1%}, chains "
+                  f"{row['chain_success']:.0%}, holds/step {row['hold_ticks_after_first_action_per_step']:.1f}, "
+                  f"jerk p99 {row['boundary_jerk_p99']:.2f} max {row['boundary_jerk_max']:.2f} "
+                  f"({row['wall_seconds']:.0f} s)", flush=True)
+            # Written after every cell: a run cut short (a shared, loaded machine) keeps the cells it finished.
+            summary["complete"] = len(rows) == len(args.delays) * len(args.modes)
+            (args.out / "slow_path.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     (args.out / "slow_path.md").write_text(markdown(rows), encoding="utf-8")
     horizon_s = policy.horizon / manifest.control_rate_hz
     png = save_plot(rows, args.out / "slow_path.png",

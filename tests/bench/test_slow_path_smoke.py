@@ -13,6 +13,7 @@ from hil.wander_bundle import build_wander_bundle
 def test_slow_path_quick_writes_its_table_and_plot(tmp_path):
     assert slow_path.main(["--quick", "--chains", "1", "--modes", "async", "rtc", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "slow_path.json").read_text())
+    assert summary["complete"] is True
     rows = {(r["delay_s"], r["mode"]): r for r in summary["rows"]}
     assert set(rows) == {(0.0, "async"), (0.0, "rtc"), (1.0, "async"), (1.0, "rtc")}
     # 1 s is more than the reference's 0.8 s chunk: every chunk arrives after the arm ran out, so it holds.
