@@ -190,6 +190,11 @@ class RecoverySettings(Section):
     resample_num_samples: int | None = Field(
         None, ge=2, le=64, description="K for a re-sample (more samples, a steadier verdict); unset: policy.num_samples."
     )
+    step_retries: int = Field(
+        1, ge=0, le=5,
+        description="A step that ends without the expected result (stalled, or the checkpoint verifier is sure it "
+        "failed) is run again by the policy this many times before the operator is asked.",
+    )
 
 
 class StreamSettings(Section):

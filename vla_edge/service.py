@@ -317,6 +317,7 @@ class Daemon:
             self.console_model.on_task_event(event)
             if event.kind == "escalated":
                 self.metrics.record_escalation(str(event.detail.get("escalation_kind", "unknown")))
+            self.metrics.record_task_event(event.kind, event.detail)
             if self.rerun is not None:
                 self.rerun.on_task_event(event)
             if events is not None:
@@ -326,7 +327,7 @@ class Daemon:
             spec, self.executor, self.escalations,
             CheckpointStore(self.settings.task.state_dir, keep=self.settings.task.keep_checkpoints),
             self.settings.task, answer_timeout_s=self.settings.operator.answer_timeout_s, verifier=verifier,
-            events=on_event, teleop=self.teleop,
+            events=on_event, teleop=self.teleop, step_retries=self.settings.recovery.step_retries,
         )
         return runner.run(stop)
 

@@ -1,9 +1,13 @@
 """The task runner: a chain of steps (instructions), checkpoints between them, escalation when a step fails.
 
 One step at a time, ``TaskRunner.run`` asks a ``StepExecutor`` (the policy loop; the lead's executor, or a
-scripted one in tests) to perform the step. When the step ends in anything but "done" (low confidence, stalled)
-or an automatic verification rejects it, the arm holds and an escalation goes to the operator; the runner waits
-for the answer (approve / retry / take over / abort). No answer within ``answer_timeout_s`` keeps the hold, keeps
+scripted one in tests) to perform the step. Recover before asking: a step that stalls, or that an automatic check
+is sure failed, is run again by the policy up to ``step_retries`` times. When the step still ends in anything but
+"done" (low confidence, after the executor's own re-samples; stalled) or an automatic verification rejects it,
+the arm holds and an escalation goes to the operator; the runner waits for the answer (approve / retry / take
+over / abort). A scene verifier (``SceneVerifier``, e.g. the bundle's success detector) judges each step and, at a
+checkpoint, the steps since the previous one from camera frames: when it is sure the scene is as expected the
+checkpoint passes without the operator; when it is unsure, the operator verifies as before. No answer within ``answer_timeout_s`` keeps the hold, keeps
 the escalation open, records the timeout and notifies again. Every ``checkpoint_every`` steps the task's state is
 written crash-safely (``vla_edge.checkpoint``); ``run`` resumes from the newest good checkpoint of the task.
 
@@ -145,16 +149,30 @@ class StepReport:
 
 @dataclass(frozen=True)
 class Verification:
-    """An automatic check of a finished step (e.g. a success detector): ok, or why not."""
+    """An automatic check of a finished step or segment (e.g. a success detector): ok, or why not.
+
+    ``sure=False``: the checker cannot tell (a person decides); ``ok`` is then its best guess. ``p``: the checker's
+    probability that the state is as expected, when it has one."""
 
     ok: bool
     reason: str = ""
+    sure: bool = True
+    p: float | None = None
 
 
 class StepVerifier(Protocol):
-    """Checks a step the executor reported "done"; a failed check escalates a "verify" question."""
+    """Checks a step the executor reported "done"; a confident failure is retried, then escalates "verify"."""
 
     def __call__(self, step_index: int, instruction: str, report: StepReport) -> Verification: ...
+
+
+class SceneVerifier(Protocol):
+    """Judges from camera frames whether the scene is as ``instructions`` (in order) should have left it: the
+    frame before the first of them and the frame now (`vla_edge.verifier.CheckpointVerifier`). Used after each
+    step and, at a checkpoint, for the steps since the previous one; never sees the simulator's judge."""
+
+    def verify(self, instructions: tuple[str, ...], before: np.ndarray | None,
+               after: np.ndarray | None) -> Verification: ...
 
 
 class StepExecutor(Protocol):
@@ -213,6 +231,8 @@ EVENT_KINDS = (
     "answer_timeout",
     "decision",
     "checkpoint",
+    "step_retry",
+    "verified",
     "task_finished",
 )
 
@@ -275,6 +295,8 @@ class TaskRunner:
         verifier: StepVerifier | None = None,
         events: EventSink | None = None,
         teleop: TeleopChannel | None = None,
+        scene_verifier: SceneVerifier | None = None,
+        step_retries: int = 0,
     ) -> None:
         if not spec.steps:
             raise TaskError(f"task {spec.task_id!r} has no steps")
@@ -285,7 +307,11 @@ class TaskRunner:
         self.settings = settings
         self.answer_timeout_s = answer_timeout_s
         self.verifier = verifier
+        self.scene_verifier = scene_verifier
+        self.step_retries = step_retries  # recovery.step_retries: autonomous re-runs before an escalation
         self.teleop = teleop if teleop is not None else TeleopChannel()
+        self._segment_frame: np.ndarray | None = None  # the scene when the current segment started
+        self._segment_unsure = False  # a step of this segment the automatic check could not judge
         self._events = events
         self._history: list[StepRecord] = []
         self._counters: dict[str, int] = {}
@@ -306,6 +332,8 @@ class TaskRunner:
             step, segment_start, pending = 0, 0, False
             self._emit("task_started", 0, steps=len(steps))
         resumed_from = resumed.next_step if resumed is not None else None
+        # After a resume the frame the segment started from is unknown: its verification asks a person.
+        self._segment_frame = self.executor.latest_frame() if resumed is None or segment_start == step else None
 
         while True:
             if pending:
@@ -315,6 +343,7 @@ class TaskRunner:
                 step, pending = verdict.next_step, False
                 if verdict.redo_from is None:
                     segment_start = step
+                    self._segment_frame, self._segment_unsure = self.executor.latest_frame(), False
                 # Persist the answer, so a crash now neither asks again nor skips a redo the operator asked for.
                 self._checkpoint(step, segment_start=segment_start, pending=False)
             if step >= len(steps):
@@ -333,6 +362,7 @@ class TaskRunner:
                 self._checkpoint(step, segment_start=segment_start, pending=pending)
                 if not pending:
                     segment_start = step
+                    self._segment_frame, self._segment_unsure = self.executor.latest_frame(), False
 
     def _resume_state(self) -> TaskState | None:
         state = self.store.load_latest(self.spec.task_id)
@@ -351,10 +381,14 @@ class TaskRunner:
     # -- one step -----------------------------------------------------------------------------------------------
 
     def _resolve_step(self, step: int, stop: threading.Event) -> _StepEnd:
-        """Run one step until it is finished (by the policy, or the operator), aborted or stopped."""
+        """Run one step until it is finished (by the policy, or the operator), aborted or stopped.
+
+        A step that ends without the expected result (stalled, or an automatic check that is sure it failed) is
+        run again by the policy up to ``step_retries`` times before the operator is asked."""
         instruction = self.spec.steps[step]
         end = _StepEnd(status="finished")
         override = False
+        retries_left = self.step_retries
         stalled_takeover: StepReport | None = None  # a take-over that made no progress: ask the operator again
         self._emit("step_started", step, instruction=instruction)
         while True:
@@ -366,6 +400,7 @@ class TaskRunner:
             else:
                 end.attempts += 1
                 self._count("attempts")
+                before = self.executor.latest_frame()
                 report = self.executor.run_step(step, instruction, stop, override_once=override)
             override = False
             end.ticks += report.ticks
@@ -378,14 +413,29 @@ class TaskRunner:
 
             kind: EscalationKind
             if report.outcome == "done":
-                verification = self.verifier(step, instruction, report) if self.verifier else Verification(True)
-                if verification.ok:
+                verification = self._check_step(step, instruction, report, before)
+                if verification.ok and verification.sure:
                     return end
-                kind, reason = "verify", verification.reason or "the automatic check rejected the step"
+                if verification.sure:
+                    kind, reason, retry = "verify", verification.reason or "the automatic check rejected the step", True
+                else:
+                    self._count("verifier_unsure")
+                    if self.settings.verify_at_checkpoint:
+                        self._segment_unsure = True  # the checkpoint asks a person about this segment
+                        return end
+                    kind, reason, retry = "verify", verification.reason or "the automatic check cannot tell", False
                 self._count("verify_failed")
             else:
                 kind, reason = report.outcome, report.reason or report.outcome.replace("_", " ")
+                retry = kind == "stalled"
                 self._count(kind)
+
+            if retry and retries_left > 0:
+                # Recover before asking: the policy tries the step again from where the arm is now.
+                retries_left -= 1
+                self._count("autonomous_retries")
+                self._emit("step_retry", step, after=kind, reason=reason, retries_left=retries_left)
+                continue
 
             self.executor.hold(f"{kind}: {reason}")
             end.escalations += 1
@@ -416,6 +466,17 @@ class TaskRunner:
                 override = kind == "low_confidence"
             # "retry", and "approve" for a stalled step: run the step again from the arm's current state.
 
+    def _check_step(self, step: int, instruction: str, report: StepReport, before: np.ndarray | None) -> Verification:
+        if self.verifier is not None:
+            return self.verifier(step, instruction, report)
+        if self.scene_verifier is None:
+            return Verification(True)
+        after = report.frame if report.frame is not None else self.executor.latest_frame()
+        verification = self.scene_verifier.verify((instruction,), before, after)
+        self._emit("verified", step, scope="step", ok=verification.ok, sure=verification.sure, p=verification.p,
+                   reason=verification.reason)
+        return verification
+
     def _teleoperate(self, step: int, instruction: str, stop: threading.Event) -> StepReport:
         self._count("takeovers")
         self.teleop.begin(step)
@@ -439,6 +500,8 @@ class TaskRunner:
             return _SegmentVerdict("continue", next_step)  # nothing ran since the previous checkpoint
         last = next_step - 1
         verdict = _SegmentVerdict
+        if self._verified_automatically(covered):
+            return verdict("continue", next_step)
         while True:
             self.executor.hold("checkpoint: waiting for the operator to verify")
             answer = self._ask(
@@ -471,6 +534,20 @@ class TaskRunner:
                 return verdict("stopped", next_step, reason="stop requested during take-over")
             self._record(chosen, _StepEnd(status="finished", resolution="teleoperated", attempts=1,
                                           ticks=teleop.ticks))
+
+    def _verified_automatically(self, covered: tuple[int, ...]) -> bool:
+        """The scene verifier approves the segment by itself only when it is sure the scene is as the segment's
+        instructions should have left it, and no step of the segment was one it could not judge."""
+        if self.scene_verifier is None or self._segment_unsure or self._segment_frame is None:
+            return False
+        instructions = tuple(self.spec.steps[i] for i in covered)
+        verification = self.scene_verifier.verify(instructions, self._segment_frame, self.executor.latest_frame())
+        approved = verification.ok and verification.sure
+        self._emit("verified", covered[-1], scope="checkpoint", steps=list(covered), ok=verification.ok,
+                   sure=verification.sure, p=verification.p, reason=verification.reason)
+        if approved:
+            self._count("verified_automatically")
+        return approved
 
     def _checkpoint(self, next_step: int, *, segment_start: int, pending: bool) -> None:
         self._count("checkpoints")

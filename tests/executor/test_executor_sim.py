@@ -359,3 +359,29 @@ def test_executor_settings_come_from_the_one_config_object():
     assert derived.control_rate_hz == 20.0 and derived.num_samples == 6 and derived.gate is False
     assert derived.resample_tries == 3 and derived.resample_num_samples == 16
     assert derived.simulated_inference_delay_s is None  # the robot's mode unless a simulation asks
+
+
+def test_recoveries_are_counted_on_the_daemons_metrics():
+    from vla_edge.scheduler import InferenceRequest, PlannedChunk
+    from vla_edge.service import RecoveryMetrics
+    from vla_edge.task import TaskEvent
+    from vla_edge.telemetry import DaemonMetrics
+    from vla_edge.types import Verdict
+
+    metrics = RecoveryMetrics(DaemonMetrics())
+    samples = ChunkSamples(np.zeros((1, H, A), np.float32), np.zeros(4, np.float32), 0)
+
+    def planned(attempt, passed):
+        request = InferenceRequest(None, 0, np.zeros((0, A), np.float32), attempt=attempt)  # type: ignore[arg-type]
+        return PlannedChunk(request, samples, Verdict(passed, ()), samples.actions[0], 1.0)
+
+    for attempt, passed in [(0, True), (1, False), (2, True)]:
+        metrics.on_chunk(planned(attempt, passed))
+    metrics.on_event(TaskEvent("step_retry", 3, {"after": "stalled"}, 0))
+    metrics.on_event(TaskEvent("verified", 3, {"scope": "checkpoint", "ok": True, "sure": True}, 0))
+    metrics.on_event(TaskEvent("verified", 4, {"scope": "step", "ok": True, "sure": False}, 0))
+    assert metrics.recoveries.value(kind="resample", outcome="refused") == 1
+    assert metrics.recoveries.value(kind="resample", outcome="accepted") == 1
+    assert metrics.recoveries.value(kind="step_retry", outcome="stalled") == 1
+    assert metrics.verifications.value(scope="checkpoint", decision="as_expected") == 1
+    assert metrics.verifications.value(scope="step", decision="unsure") == 1

@@ -271,3 +271,104 @@ def test_load_task_files(tmp_path):
     assert "steps" in str(info.value)
     with pytest.raises(TaskError, match="cannot read"):
         load_task(tmp_path / "missing.toml")
+
+
+# -- recovery before asking and automatic verification (issue 14) ------------------------------------------------
+
+
+def test_a_stalled_step_is_retried_autonomously_before_anyone_is_asked(tmp_path):
+    executor = ScriptedExecutor({2: ["stalled", "done"], 4: ["stalled", "stalled"]})
+    runner, queue, events = make_runner(tmp_path, executor, step_retries=1)
+    bg = Background(runner)
+    esc = wait_open(queue)  # step 2 recovered by itself; step 4 stalled twice: now the operator is asked
+    assert esc.kind == "stalled" and esc.step_index == 4
+    queue.decide(Decision(escalation_id=esc.id, action="retry"))
+    result = bg.join()
+    assert result.status == "completed"
+    assert [c[0] for c in executor.calls].count(2) == 2 and [c[0] for c in executor.calls].count(4) == 3
+    retries = [e for e in events if e.kind == "step_retry"]
+    assert [(e.step_index, e.detail["after"]) for e in retries] == [(2, "stalled"), (4, "stalled")]
+    assert result.counters["autonomous_retries"] == 2 and result.counters["escalations"] == 1
+
+
+def test_a_confident_verifier_failure_is_retried_and_low_confidence_is_not(tmp_path):
+    verdicts = [Verification(False, "red block not in the left bin")]
+
+    def verifier(step, instruction, report):
+        return verdicts.pop() if step == 1 and verdicts else Verification(True)
+
+    executor = ScriptedExecutor({3: ["low_confidence"]})
+    runner, queue, events = make_runner(tmp_path, executor, verifier=verifier, step_retries=1)
+    bg = Background(runner)
+    esc = wait_open(queue)
+    assert esc.kind == "low_confidence" and esc.step_index == 3, "a refusal was already re-sampled: it escalates"
+    queue.decide(Decision(escalation_id=esc.id, action="retry"))
+    result = bg.join()
+    assert result.status == "completed" and result.counters["autonomous_retries"] == 1
+    assert [c[0] for c in executor.calls].count(1) == 2
+
+
+class SceneChecker:
+    """A scene verifier whose answers the test sets: ``answers[instructions] = (ok, sure)``; records its calls."""
+
+    def __init__(self, answers=None, default=(True, True)):
+        self.answers = answers or {}
+        self.default = default
+        self.calls = []
+
+    def verify(self, instructions, before, after):
+        self.calls.append((instructions, before is not None, after is not None))
+        ok, sure = self.answers.get(instructions, self.default)
+        return Verification(ok, "" if ok else "not as expected", sure=sure, p=0.99 if ok else 0.01)
+
+
+def test_a_sure_scene_verifier_approves_checkpoints_without_the_operator(tmp_path):
+    checker = SceneChecker()
+    executor = ScriptedExecutor()
+    runner, queue, events = make_runner(tmp_path, executor, every=3, verify=True, scene_verifier=checker)
+    result = runner.run(threading.Event())
+    assert result.status == "completed" and queue.history() == []
+    assert result.counters["verified_automatically"] == 3  # after steps 3, 6 and 7
+    segments = [c[0] for c in checker.calls if len(c[0]) > 1]
+    assert segments == [SPEC.steps[0:3], SPEC.steps[3:6]] and all(c[1] and c[2] for c in checker.calls)
+    checkpoint_checks = [e for e in events if e.kind == "verified" and e.detail["scope"] == "checkpoint"]
+    assert len(checkpoint_checks) == 3 and all(e.detail["ok"] for e in checkpoint_checks)
+
+
+def test_an_unsure_step_sends_its_segment_to_the_operator(tmp_path):
+    checker = SceneChecker({(SPEC.steps[4],): (True, False)})
+    executor = ScriptedExecutor()
+    runner, queue, _ = make_runner(tmp_path, executor, every=3, verify=True, scene_verifier=checker)
+    bg = Background(runner)
+    esc = wait_open(queue)
+    assert esc.kind == "verify" and esc.steps == (3, 4, 5), "the verifier was unsure about step 4"
+    queue.decide(Decision(escalation_id=esc.id, action="approve"))
+    result = bg.join()
+    assert result.status == "completed" and result.counters["verified_automatically"] == 2
+    assert result.counters["verifier_unsure"] == 1
+
+
+def test_a_scene_verifier_sure_of_a_failure_retries_then_asks(tmp_path):
+    checker = SceneChecker({(SPEC.steps[2],): (False, True)})
+    executor = ScriptedExecutor()
+    runner, queue, events = make_runner(tmp_path, executor, every=3, verify=True, scene_verifier=checker,
+                                        step_retries=1)
+    bg = Background(runner)
+    esc = wait_open(queue)
+    assert esc.kind == "verify" and esc.step_index == 2 and esc.reason == "not as expected"
+    queue.decide(Decision(escalation_id=esc.id, action="approve"))
+    result = bg.join()
+    assert [c[0] for c in executor.calls].count(2) == 2 and result.counters["autonomous_retries"] == 1
+    assert result.history[2].resolution == "approved"
+
+
+def test_without_checkpoint_verification_an_unsure_step_is_asked_about_at_once(tmp_path):
+    checker = SceneChecker({(SPEC.steps[1],): (True, False)})
+    executor = ScriptedExecutor()
+    runner, queue, _ = make_runner(tmp_path, executor, verify=False, scene_verifier=checker, step_retries=1)
+    bg = Background(runner)
+    esc = wait_open(queue)
+    assert esc.kind == "verify" and esc.step_index == 1
+    queue.decide(Decision(escalation_id=esc.id, action="approve"))
+    assert bg.join().status == "completed"
+    assert [c[0] for c in executor.calls].count(1) == 1, "an unsure check is not a failure: no retry"
