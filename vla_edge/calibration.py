@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from vla_edge.bundle import MANIFEST_FILE, SIGNATURE_FILE, read_manifest, write_manifest
-from vla_edge.confidence import DEFAULT_THRESHOLDS, SIGNALS
+from vla_edge.confidence import DEFAULT_THRESHOLDS, SIGNALS, FailureScore
 from vla_edge.errors import VlaEdgeError
 
 CALIBRATED_SIGNALS: tuple[str, ...] = ("spread", "consistency", "ood")
@@ -220,6 +220,153 @@ def calibrate_miss_rate(
     )
 
 
+SCORE_SIGNALS: tuple[str, ...] = ("spread", "consistency", "ood", "jerk")
+"""The signals a combined failure score may use (``limits`` stays a hard check at 0)."""
+
+
+@dataclass(frozen=True)
+class ChunkSteps:
+    """Held-out steps with every chunk's signal values: what a per-chunk gate (the combined score) is fitted on."""
+
+    chunks: list[list[Mapping[str, float]]]
+    failed: np.ndarray
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.failed.shape[0])
+
+
+@dataclass(frozen=True)
+class ScoreFit:
+    thresholds: dict[str, float]  # the whole gate: outlier caps, limits, and the score's keys
+    score: FailureScore
+    level_bound: float  # the conformal risk-control bound on the miss rate at the chosen threshold
+    calibration: Rates
+    auroc: float
+
+
+def _features(values: Mapping[str, float], signals: Sequence[str], scales: Mapping[str, float]) -> np.ndarray:
+    return np.array([np.log1p(max(float(values.get(s, 0.0)), 0.0) / scales[s]) for s in signals])
+
+
+def _nonnegative_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 3000) -> tuple[np.ndarray, float]:
+    """Class-balanced logistic regression with weights >= 0 (projected Adam), on standardised columns; returns
+    weights and bias for the raw columns."""
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std > 1e-9, std, 1.0)
+    z = (x - mean) / std
+    pos = max(float(y.sum()), 1.0)
+    neg = max(float((1 - y).sum()), 1.0)
+    sample_w = np.where(y > 0.5, 0.5 / pos, 0.5 / neg)
+    w, b = np.zeros(z.shape[1]), 0.0
+    m_w, v_w, m_b, v_b = np.zeros_like(w), np.zeros_like(w), 0.0, 0.0
+    lr, beta1, beta2 = 0.05, 0.9, 0.999
+    for t in range(1, steps + 1):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w + b, -60, 60)))
+        g = sample_w * (p - y)
+        grad_w = z.T @ g + l2 * w
+        grad_b = float(g.sum())
+        m_w = beta1 * m_w + (1 - beta1) * grad_w
+        v_w = beta2 * v_w + (1 - beta2) * grad_w**2
+        m_b = beta1 * m_b + (1 - beta1) * grad_b
+        v_b = beta2 * v_b + (1 - beta2) * grad_b**2
+        w = w - lr * (m_w / (1 - beta1**t)) / (np.sqrt(v_w / (1 - beta2**t)) + 1e-8)
+        b = b - lr * (m_b / (1 - beta1**t)) / (np.sqrt(v_b / (1 - beta2**t)) + 1e-8)
+        w = np.maximum(w, 0.0)  # a higher signal never makes a chunk look safer
+    raw_w = w / std
+    return raw_w, float(b - (raw_w * mean).sum())
+
+
+def fit_failure_score(
+    steps: ChunkSteps, target_miss_rate: float, signals: Sequence[str] = SCORE_SIGNALS,
+    fixed: Mapping[str, float] | None = None,
+) -> ScoreFit:
+    """Fit a combined failure score on held-out steps and set its threshold for a target miss rate.
+
+    1. Weights: a class-balanced logistic regression of "the step failed" on each signal's log maximum over the
+       step's chunks, weights constrained >= 0 (a signal that does not predict failure gets 0: dropped).
+    2. Threshold: the gate stops a step at its first chunk whose score exceeds the threshold, so a step's score is
+       its chunks' maximum. Conformal risk control as in ``calibrate_miss_rate``: the largest threshold with
+       ``(m/(m+1)) * miss + 1/(m+1) <= target`` over the ``m`` failed steps.
+    3. Each fitted signal keeps an outlier cap at the largest value seen on successful steps (a chunk unlike any
+       good one is refused whatever the score says); ``fixed`` thresholds (limits) stay as they are.
+    """
+    if not 0.0 < target_miss_rate < 1.0:
+        raise CalibrationError(f"the target miss rate must be in (0, 1), got {target_miss_rate}")
+    failed = steps.failed.astype(bool)
+    m = int(failed.sum())
+    needed = math.ceil(1.0 / target_miss_rate) - 1
+    if m < needed:
+        raise CalibrationError(
+            f"a target miss rate of {target_miss_rate:g} needs at least {needed} failed held-out steps, got {m}; "
+            "roll out more chains or raise the target"
+        )
+    if m == steps.n_steps:
+        raise CalibrationError("no successful held-out step: the score needs both outcomes")
+    good_chunks = [c for chunks, f in zip(steps.chunks, failed, strict=True) if not f for c in chunks]
+    scales = {}
+    for s in signals:
+        typical = float(np.median([float(c.get(s, 0.0)) for c in good_chunks])) if good_chunks else 1.0
+        scales[s] = typical if typical > 1e-9 else 1.0
+    usable = [i for i, chunks in enumerate(steps.chunks) if chunks]
+    x = np.array([np.max([_features(c, signals, scales) for c in steps.chunks[i]], axis=0) for i in usable])
+    y = failed[usable].astype(np.float64)
+    weights, bias = _nonnegative_logistic(x, y)
+    keep = {s: float(w) for s, w in zip(signals, weights, strict=True) if w > 1e-9}
+    scales = {s: scales[s] for s in keep}
+    provisional = FailureScore(keep, scales, bias, 1.0)
+    step_p = np.array([max((provisional.probability(c) for c in chunks), default=0.0) for chunks in steps.chunks])
+    # The largest threshold whose risk-control bound on misses meets the target.
+    allowed = math.floor(target_miss_rate * (m + 1) - 1 + 1e-9)  # failed steps that may stay unflagged
+    failed_p = np.sort(step_p[failed])
+    threshold = float(np.nextafter(failed_p[allowed], -np.inf)) if allowed < m else 1.0
+    score = FailureScore(keep, scales, bias, threshold)
+    # Every candidate signal keeps an outlier cap (the largest value a good chunk showed), the dropped ones too.
+    caps = {s: max(float(c.get(s, 0.0)) for c in good_chunks) for s in signals}
+    thresholds = {k: float(v) for k, v in {**caps, **(fixed or {}), **score.to_thresholds()}.items()
+                  if math.isfinite(v)}
+    flagged_steps = np.array([
+        any(_chunk_flagged(c, thresholds, score) for c in chunks) for chunks in steps.chunks
+    ])
+    miss = float((~flagged_steps[failed]).mean())
+    rates_ = Rates(float(flagged_steps[~failed].mean()), miss, int((~failed).sum()), m)
+    bound = (m / (m + 1)) * miss + 1.0 / (m + 1)
+    return ScoreFit(thresholds, score, bound, rates_, auroc(step_p, failed))
+
+
+def _chunk_flagged(values: Mapping[str, float], thresholds: Mapping[str, float], score: FailureScore) -> bool:
+    if any(float(values.get(s, 0.0)) > t for s, t in thresholds.items() if not s.startswith("score.")):
+        return True
+    return score.probability(values) > score.threshold
+
+
+def gate_flags(steps: ChunkSteps, thresholds: Mapping[str, float]) -> np.ndarray:
+    """Which steps a gate with ``thresholds`` (per-signal, and a combined score if they carry one) would stop."""
+    score = FailureScore.from_thresholds(thresholds)
+    per_signal = {k: v for k, v in thresholds.items() if not k.startswith("score.")}
+    out = []
+    for chunks in steps.chunks:
+        hit = False
+        for values in chunks:
+            if any(float(values.get(s, 0.0)) > t for s, t in per_signal.items()):
+                hit = True
+            elif score is not None and score.probability(values) > score.threshold:
+                hit = True
+            if hit:
+                break
+        out.append(hit)
+    return np.array(out, dtype=bool)
+
+
+def precision_recall(flagged: np.ndarray, failed: np.ndarray) -> tuple[float, float]:
+    """Precision (flagged steps that failed) and recall (failed steps flagged); nan when undefined."""
+    flagged, failed = np.asarray(flagged, bool), np.asarray(failed, bool)
+    tp = float((flagged & failed).sum())
+    precision = tp / flagged.sum() if flagged.any() else float("nan")
+    recall = tp / failed.sum() if failed.any() else float("nan")
+    return float(precision), float(recall)
+
+
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for predicting ``positive`` (ties count half); nan without both
     classes. Equals the Mann–Whitney U statistic over (positives × negatives)."""
@@ -265,10 +412,13 @@ class CalibrationReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     v: Literal[1] = 1
-    thresholds: dict[str, float] = Field(description="Signal name -> threshold; a chunk passes when value <= it.")
+    thresholds: dict[str, float] = Field(
+        description="Signal name -> threshold; a chunk passes when value <= it. With gate 'score' also the combined "
+        "failure score's score.* keys (vla_edge.confidence.FailureScore).")
+    gate: Literal["per-signal", "score"] = "per-signal"
     rule: Literal["target_miss_rate", "false_alarm_rate"]
     target: float
-    level: float = Field(description="Per-signal conformal false-alarm level a on successful steps.")
+    level: float | None = Field(None, description="Per-signal conformal false-alarm level a on successful steps.")
     miss_bound: float | None = None
     bundle: str
     precision: str
@@ -290,15 +440,17 @@ def write_thresholds_file(report: CalibrationReport, path: Path) -> Path:
     return path
 
 
-def write_thresholds_to_bundle(bundle_dir: Path, thresholds: Mapping[str, float]) -> tuple[Path, bool]:
-    """Put the thresholds in the bundle's manifest; returns the manifest path and whether a signature existed
-    (it no longer matches: the manifest is part of what is signed, so the bundle must be signed again)."""
+def write_thresholds_to_bundle(bundle_dir: Path, thresholds: Mapping[str, float], *,
+                               replace: bool = False) -> tuple[Path, bool]:
+    """Put the thresholds in the bundle's manifest (over the ones there, or ``replace``-ing them all: a combined
+    score's gate is the whole map); returns the manifest path and whether a signature existed (it no longer
+    matches: the manifest is part of what is signed, so the bundle must be signed again)."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir / MANIFEST_FILE)
     finite = {k: float(v) for k, v in thresholds.items() if math.isfinite(v)}
     if len(finite) != len(thresholds):
         raise CalibrationError("refusing to write an infinite threshold into the bundle; calibrate with more data")
-    merged = {**(manifest.confidence_thresholds or {}), **finite}
+    merged = finite if replace else {**(manifest.confidence_thresholds or {}), **finite}
     updated = manifest.model_copy(update={"confidence_thresholds": merged})
     path = write_manifest(type(manifest).model_validate(json.loads(updated.model_dump_json())), bundle_dir)
     return path, (bundle_dir / SIGNATURE_FILE).exists()

@@ -146,14 +146,73 @@ def jerk_score(chunk: np.ndarray, bounds: ActionBounds, last_executed: np.ndarra
     return float((steps[:, limited] / bounds.max_delta[limited]).max())
 
 
+SCORE = "failure_score"
+_SCORE_PREFIX = "score."
+
+
+@dataclass(frozen=True)
+class FailureScore:
+    """Several signals combined into one calibrated score (``vla_edge.calibration.fit_failure_score``):
+    P(fail) = sigmoid(bias + sum_s w_s * log1p(value_s / scale_s)), with every weight >= 0 so that a higher signal
+    never makes a chunk look safer; a signal that does not predict failure gets weight 0 (dropped). ``scale_s`` is
+    the signal's typical value on good chunks, so 0 (e.g. no previous chunk to be consistent with) stays 0 and large
+    values grow like a logarithm. A chunk fails the score when P(fail) > ``threshold``.
+
+    It travels in the same thresholds map as the per-signal thresholds (the bundle manifest's
+    ``confidence_thresholds``, a thresholds file): ``score.bias``, ``score.threshold``, ``score.weight.<signal>``,
+    ``score.scale.<signal>``.
+    """
+
+    weights: Mapping[str, float]
+    scales: Mapping[str, float]
+    bias: float
+    threshold: float
+
+    def logit(self, values: Mapping[str, float]) -> float:
+        logit = self.bias
+        for name, weight in self.weights.items():
+            value = float(values.get(name, 0.0))
+            if not np.isfinite(value):
+                return float("inf")
+            logit += weight * float(np.log1p(max(value, 0.0) / self.scales.get(name, 1.0)))
+        return logit
+
+    def probability(self, values: Mapping[str, float]) -> float:
+        return float(1.0 / (1.0 + np.exp(-np.clip(self.logit(values), -60.0, 60.0))))
+
+    def to_thresholds(self) -> dict[str, float]:
+        out = {f"{_SCORE_PREFIX}bias": float(self.bias), f"{_SCORE_PREFIX}threshold": float(self.threshold)}
+        out.update({f"{_SCORE_PREFIX}weight.{name}": float(w) for name, w in self.weights.items()})
+        out.update({f"{_SCORE_PREFIX}scale.{name}": float(self.scales.get(name, 1.0)) for name in self.weights})
+        return out
+
+    @classmethod
+    def from_thresholds(cls, thresholds: Mapping[str, float]) -> FailureScore | None:
+        """The score a thresholds map carries, or None when it carries none."""
+        if f"{_SCORE_PREFIX}threshold" not in thresholds:
+            return None
+
+        def group(kind: str) -> dict[str, float]:
+            prefix = f"{_SCORE_PREFIX}{kind}."
+            return {k[len(prefix):]: float(v) for k, v in thresholds.items() if k.startswith(prefix)}
+
+        return cls(group("weight"), group("scale"), float(thresholds.get(f"{_SCORE_PREFIX}bias", 0.0)),
+                   float(thresholds[f"{_SCORE_PREFIX}threshold"]))
+
+
 @dataclass(frozen=True)
 class ConfidenceMonitor:
-    """Turns K samples into a verdict with one score per signal. Holds no state between calls."""
+    """Turns K samples into a verdict with one score per signal (and the combined failure score, when the
+    thresholds carry one). Holds no state between calls."""
 
     bounds: ActionBounds
     embedding_stats: EmbeddingStats | None
     thresholds: Mapping[str, float]
     spread_dims: np.ndarray | None = None
+
+    @property
+    def score(self) -> FailureScore | None:
+        return FailureScore.from_thresholds(self.thresholds)
 
     def with_thresholds(self, thresholds: Mapping[str, float]) -> ConfidenceMonitor:
         """The same monitor with ``thresholds`` over the defaults (signals not named keep their default)."""
@@ -173,6 +232,10 @@ class ConfidenceMonitor:
             SignalScore(name, value, float(self.thresholds.get(name, np.inf)), bool(value <= self.thresholds.get(name, np.inf)))
             for name, value in values.items()
         )
+        score = self.score
+        if score is not None:
+            p = score.probability(values)
+            signals += (SignalScore(SCORE, p, score.threshold, bool(p <= score.threshold)),)
         failed = [s.name for s in signals if not s.passed]
         reason = "" if not failed else "low confidence: " + ", ".join(
             f"{s.name} {s.value:.3g} > {s.threshold:.3g}" for s in signals if not s.passed

@@ -179,7 +179,7 @@ class RecoverySettings(Section):
     """What the robot tries by itself before it asks the operator (docs/confidence.md, "Recover before asking")."""
 
     resample_tries: int = Field(
-        0, ge=0, le=10,
+        2, ge=0, le=10,
         description="A chunk the confidence gate refuses is re-sampled from a fresh frame with new noise up to this "
         "many times (the previous chunk's already-judged actions run meanwhile, then the arm holds); only a chunk "
         "that passes runs. 0: escalate at once.",
@@ -195,6 +195,20 @@ class RecoverySettings(Section):
         description="A step that ends without the expected result (stalled, or the checkpoint verifier is sure it "
         "failed) is run again by the policy this many times before the operator is asked.",
     )
+
+
+class VerifierSettings(Section):
+    """The automatic checkpoint verifier (docs/confidence.md): a success detector bundle of its own."""
+
+    bundle: Path | None = Field(
+        None,
+        description="Verifier bundle directory (e.g. models/bundles/reference-verifier for the reference world). "
+        "Set: each step and each checkpoint are judged from camera frames; a sure pass needs no operator, a sure "
+        "failure is retried (recovery.step_retries), an unsure one is verified by the operator as before.",
+    )
+    accept_threshold: float | None = Field(None, ge=0, le=1, description="Override the bundle's calibrated one.")
+    reject_threshold: float | None = Field(None, ge=0, le=1, description="Override the bundle's calibrated one.")
+    threads: int = Field(1, ge=1, description="ONNX Runtime threads of the verifier's session.")
 
 
 class StreamSettings(Section):
@@ -297,6 +311,7 @@ class Settings(BaseModel):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     confidence: ConfidenceSettings = Field(default_factory=ConfidenceSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    verifier: VerifierSettings = Field(default_factory=VerifierSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     task: TaskSettings = Field(default_factory=TaskSettings)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)

@@ -175,7 +175,7 @@ class ExecutorSettings:
     delay_window: int = 20  # scheduler.delay_window
     realtime_priority: int | None = None  # SCHED_FIFO for the tick thread while a step runs (scheduler.realtime_tick)
     gil_switch_interval_ms: float = 0.5
-    resample_tries: int = 0  # recovery.resample_tries: re-samples of a refused chunk before escalating
+    resample_tries: int = 0  # recovery.resample_tries (config default 2): re-samples of a refused chunk
     resample_deadline_s: float = 1.0  # recovery.resample_deadline_s
     resample_num_samples: int | None = None  # recovery.resample_num_samples: K for a re-sample (None: num_samples)
     gate: bool = True  # False: verdicts are computed and reported, every chunk runs (shadow mode, calibration)

@@ -7,4 +7,5 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
 REFERENCE_BUNDLE_DIR = MODELS_DIR / "bundles" / "reference"
+REFERENCE_VERIFIER_DIR = MODELS_DIR / "bundles" / "reference-verifier"
 REMOTE_BUNDLE_DIR = MODELS_DIR / "bundles" / "remote"

@@ -75,6 +75,20 @@ def open_policy(bundle: Bundle, settings: Settings) -> tuple[PolicyRunner, Confi
     return policy, build_monitor(bundle, settings)
 
 
+def open_verifier(settings: Settings):
+    """The automatic checkpoint verifier (``verifier.bundle``), or None when none is configured."""
+    v = settings.verifier
+    if v.bundle is None:
+        return None
+    from vla_edge.verifier import CheckpointVerifier
+
+    verifier = CheckpointVerifier(v.bundle, v.threads, accept_threshold=v.accept_threshold,
+                                  reject_threshold=v.reject_threshold)
+    log.info("checkpoint verifier %s: accept P > %.4g, reject P < %.4g", verifier.name, verifier.accept_threshold,
+             verifier.reject_threshold)
+    return verifier
+
+
 def build_monitor(bundle: Bundle, settings: Settings) -> ConfidenceMonitor | None:
     if not settings.confidence.enabled:
         log.warning("confidence checks are disabled: every chunk will be actuated")
@@ -171,6 +185,7 @@ class Daemon:
         self.rerun = None  # a vla_edge.rerun_log.RerunLogger when telemetry.rerun is set
         self._watchdog: WatchdogGate | None = None
         self._remote_status = "enabled" if settings.remote.enabled else "not configured"
+        self.scene_verifier = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -253,6 +268,7 @@ class Daemon:
             router=router,
         )
         self._stack.callback(self.executor.close)
+        self.scene_verifier = open_verifier(s)
         log.info("vla-edge up: bundle %s %s (%s) on %s", manifest.name, manifest.version, s.policy.precision,
                  ", ".join(self.policy.providers_in_use))
 
@@ -328,6 +344,7 @@ class Daemon:
             CheckpointStore(self.settings.task.state_dir, keep=self.settings.task.keep_checkpoints),
             self.settings.task, answer_timeout_s=self.settings.operator.answer_timeout_s, verifier=verifier,
             events=on_event, teleop=self.teleop, step_retries=self.settings.recovery.step_retries,
+            scene_verifier=self.scene_verifier,
         )
         return runner.run(stop)
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from vla_edge.bundle import Bundle, BundleManifest, load_bundle
-from vla_edge.calibration import StepScores
+from vla_edge.calibration import ChunkSteps, StepScores
 from vla_edge.camera import CameraStatus
 from vla_edge.clock import SimClock
 from vla_edge.confidence import ConfidenceMonitor
@@ -550,3 +550,9 @@ def step_scores(chains: Sequence[AutonomousChain], signals: Sequence[str] | None
 
     rows = [(step.signal_max(), not step.success) for chain in chains for step in chain.steps]
     return StepScores.from_rows(rows, signals or SIGNALS)
+
+
+def chunk_steps(chains: Sequence[AutonomousChain]) -> ChunkSteps:
+    """Per autonomous step: every chunk's signal values (what a per-chunk gate sees) and whether it failed."""
+    chunks = [[c.values for c in step.chunks] for chain in chains for step in chain.steps]
+    return ChunkSteps(chunks, np.array([not step.success for chain in chains for step in chain.steps], dtype=bool))

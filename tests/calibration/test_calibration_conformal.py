@@ -160,3 +160,68 @@ def test_a_signal_that_does_not_rank_failures_higher_is_not_fitted():
     assert result.thresholds["spread"] == inverted.max()
     assert result.thresholds["consistency"] < informative.max()
     assert result.calibration.false_alarm < 0.5
+
+
+# -- the combined failure score (issue 14 item 4) ----------------------------------------------------------------
+
+
+def _chunk_steps(n=2000, seed=0, fail_rate=0.05):
+    """Steps of 3-7 chunks. Failing steps: consistency jumps on their last chunk; spread is *lower* (like the
+    reference policy's, AUROC < 0.5); ood is noise."""
+    from vla_edge.calibration import ChunkSteps
+
+    rng = np.random.default_rng(seed)
+    chunks, failed = [], []
+    for _ in range(n):
+        fails = rng.random() < fail_rate
+        k = int(rng.integers(3, 8))
+        step = []
+        for j in range(k):
+            step.append({
+                "consistency": 0.0 if j == 0 else float(np.exp(rng.normal(1.5 if fails and j == k - 1 else 0.0, 0.4))),
+                "spread": float(np.exp(rng.normal(-3.0 - (0.6 if fails else 0.0), 0.3))),
+                "ood": float(np.exp(rng.normal(0.0, 0.3))),
+                "jerk": float(abs(rng.normal(0.7, 0.1))),
+                "limits": 0.0,
+            })
+        chunks.append(step)
+        failed.append(fails)
+    return ChunkSteps(chunks, np.array(failed))
+
+
+def test_the_failure_score_keeps_what_predicts_failure_and_meets_its_target_on_new_steps():
+    from vla_edge.calibration import fit_failure_score, gate_flags, precision_recall
+    from vla_edge.confidence import FailureScore
+
+    fit = fit_failure_score(_chunk_steps(seed=1), 0.2, fixed={"limits": 0.0})
+    assert fit.score.weights["consistency"] > 0
+    assert "spread" not in fit.score.weights, "a signal that is lower on failures must not count as risk"
+    assert fit.level_bound <= 0.2 and all(np.isfinite(v) for v in fit.thresholds.values())
+    assert FailureScore.from_thresholds(fit.thresholds) == fit.score  # the map carries the whole score
+    test = _chunk_steps(seed=2)
+    precision, recall = precision_recall(gate_flags(test, fit.thresholds), test.failed)
+    assert recall >= 0.7 and precision > 0.3
+
+
+def test_a_monitor_with_a_failure_score_refuses_by_it():
+    from vla_edge.confidence import SCORE, ActionBounds, ChunkContext, ConfidenceMonitor, FailureScore
+    from vla_edge.types import ChunkSamples
+
+    score = FailureScore({"spread": 2.0}, {"spread": 0.01}, bias=-6.0, threshold=0.5)
+    bounds = ActionBounds(np.zeros(2), np.ones(2), np.full(2, np.inf))
+    monitor = ConfidenceMonitor(bounds, None, {"limits": 0.0, **score.to_thresholds()})
+    calm = np.full((4, 8, 2), 0.5, np.float32)
+    wild = calm + np.random.default_rng(0).normal(0, 0.3, calm.shape).astype(np.float32)
+    for actions, passes in ((calm, True), (np.clip(wild, 0, 1), False)):
+        verdict = monitor.evaluate(ChunkSamples(actions, np.zeros(3), 0), actions[0], ChunkContext())
+        assert verdict.passed is passes
+        assert verdict.score[SCORE] == pytest.approx(score.probability(verdict.score))
+    assert "failure_score" in monitor.evaluate(ChunkSamples(np.clip(wild, 0, 1), np.zeros(3), 0), wild[0],
+                                               ChunkContext()).reason
+
+
+def test_the_failure_score_refuses_with_too_few_failures():
+    from vla_edge.calibration import fit_failure_score
+
+    with pytest.raises(CalibrationError, match="needs at least 19 failed"):
+        fit_failure_score(_chunk_steps(n=100, fail_rate=0.02), 0.05)

@@ -1,12 +1,14 @@
-"""``vla-edge calibrate``: set the confidence thresholds from held-out rollouts in the reference world.
+"""``vla-edge calibrate``: set the confidence gate from held-out rollouts in the reference world.
 
     vla-edge calibrate --bundle DIR --chains 100 --target-miss-rate 0.1 --out thresholds.json
     vla-edge calibrate --bundle DIR --chains 100 --target-miss-rate 0.1 --write-bundle
 
-Rolls the bundle's policy out autonomously (simulated time, ONNX Runtime, K samples per chunk) on chains whose
-seeds differ from the benchmark's, keeps each step's maximum of every signal and the judge's verdict, fits the
-thresholds on the first chains (``vla_edge.calibration``: split conformal + conformal risk control) and measures
-false alarms and misses on the remaining chains. See docs/confidence.md for the rule and its guarantee.
+Rolls the bundle's policy out autonomously on the robot's own executor in simulated time (``vla_edge.simulation``:
+ONNX Runtime, K samples per chunk, every verdict recorded) on chains whose seeds differ from the benchmark's, keeps
+every chunk's signals and the judge's verdict of each step, fits the gate on the first chains (default: one
+combined failure score, ``vla_edge.calibration.fit_failure_score``; ``--gate per-signal``: a threshold per
+signal; both with conformal risk control for the target miss rate) and measures false alarms and misses on the
+remaining chains. See docs/confidence.md for the rules and their guarantees.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=1000, help="seed root of the held-out chains (benchmark: 0)")
     parser.add_argument("--calibrate-jerk", action="store_true",
                         help="fit the jerk threshold too (never below 1.05) instead of the action space's 1.05")
+    parser.add_argument("--gate", choices=["score", "per-signal"], default="score",
+                        help="score (default): one combined failure score fitted on the rollouts (weights >= 0; "
+                        "signals that do not predict failure dropped) with a threshold for the target miss rate; "
+                        "per-signal: a threshold per signal")
     parser.add_argument("--test-fraction", type=float, default=0.3,
                         help="share of the chains kept out of fitting, to measure the rates (default 0.3)")
     parser.set_defaults(func=run)
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from vla_edge.simulation import (
         base_monitor,
         chain_setup,
+        chunk_steps,
         open_policy,
         run_autonomous,
         simulation_settings,
@@ -84,36 +91,53 @@ def run(args: argparse.Namespace) -> int:
             chains.append(run_autonomous(chain_setup(args.seed, index), policy, monitor, settings))
             progress.advance(task)
     n_test = min(args.chains - 1, math.ceil(args.test_fraction * args.chains)) if args.test_fraction > 0 else 0
-    fit = step_scores(chains[: args.chains - n_test])
-    test = step_scores(chains[args.chains - n_test :]) if n_test else None
-    signals, fixed = cal.calibrated_signals(args.calibrate_jerk), cal.fixed_thresholds(args.calibrate_jerk)
-    if args.false_alarm_rate is not None:
-        result = cal.calibrate_false_alarm(fit, args.false_alarm_rate, signals, fixed)
-    else:
-        result = cal.calibrate_miss_rate(fit, target, signals, fixed)
-    gate = {**fixed, **result.thresholds}
+    fit_chains, test_chains = chains[: args.chains - n_test], chains[args.chains - n_test :]
     everything = step_scores(chains)
-    report = cal.CalibrationReport(
-        thresholds=result.thresholds,
-        rule=result.rule,
-        target=result.target,
-        level=result.level,
-        miss_bound=result.miss_bound,
-        bundle=f"{bundle.manifest.name} {bundle.manifest.version} ({bundle.path})",
-        precision=args.precision,
-        num_samples=args.samples,
-        chains=args.chains,
-        seed=args.seed,
-        calibration=cal.RatesModel.of(result.calibration),
-        test=cal.RatesModel.of(cal.rates(test, gate)) if test is not None and test.n_steps else None,
+    common = dict(
+        bundle=f"{bundle.manifest.name} {bundle.manifest.version} ({bundle.path})", precision=args.precision,
+        num_samples=args.samples, chains=args.chains, seed=args.seed,
         auroc={s: _finite(cal.auroc(v, everything.failed)) for s, v in everything.values.items()},
     )
+    if args.gate == "score" and args.false_alarm_rate is None:
+        score_fit = cal.fit_failure_score(chunk_steps(fit_chains), target, fixed=cal.fixed_thresholds(True))
+        thresholds = score_fit.thresholds
+        test = chunk_steps(test_chains) if test_chains else None
+        test_rates = None
+        if test is not None and test.n_steps:
+            flags = cal.gate_flags(test, thresholds)
+            failed = test.failed.astype(bool)
+            test_rates = cal.Rates(float(flags[~failed].mean()) if (~failed).any() else math.nan,
+                                   float((~flags[failed]).mean()) if failed.any() else math.nan,
+                                   int((~failed).sum()), int(failed.sum()))
+        report = cal.CalibrationReport(
+            thresholds=thresholds, gate="score", rule="target_miss_rate", target=target,
+            miss_bound=score_fit.level_bound, calibration=cal.RatesModel.of(score_fit.calibration),
+            test=cal.RatesModel.of(test_rates) if test_rates is not None else None, **common,
+        )
+        fitted_rates = score_fit.calibration
+    else:
+        fit = step_scores(fit_chains)
+        test_scores = step_scores(test_chains) if test_chains else None
+        signals, fixed = cal.calibrated_signals(args.calibrate_jerk), cal.fixed_thresholds(args.calibrate_jerk)
+        if args.false_alarm_rate is not None:
+            result = cal.calibrate_false_alarm(fit, args.false_alarm_rate, signals, fixed)
+        else:
+            result = cal.calibrate_miss_rate(fit, target, signals, fixed)
+        gate = {**fixed, **result.thresholds}
+        thresholds = result.thresholds
+        report = cal.CalibrationReport(
+            thresholds=thresholds, gate="per-signal", rule=result.rule, target=result.target, level=result.level,
+            miss_bound=result.miss_bound, calibration=cal.RatesModel.of(result.calibration),
+            test=cal.RatesModel.of(cal.rates(test_scores, gate)) if test_scores is not None and test_scores.n_steps
+            else None, **common,
+        )
+        fitted_rates = result.calibration
     _print(report, Console())
-    if result.calibration.n_success < 20:
-        print(f"warning: only {result.calibration.n_success} successful steps were fitted; the thresholds are coarse "
+    if fitted_rates.n_success < 20:
+        print(f"warning: only {fitted_rates.n_success} successful steps were fitted; the thresholds are coarse "
               "(each is one of very few values): roll out more chains")
     if args.write_bundle:
-        path, signed = cal.write_thresholds_to_bundle(bundle.path, result.thresholds)
+        path, signed = cal.write_thresholds_to_bundle(bundle.path, thresholds, replace=report.gate == "score")
         print(f"thresholds written into {path}")
         if signed:
             print("the bundle's signature no longer matches its manifest: sign it again with "
@@ -131,7 +155,8 @@ def _finite(value: float) -> float | None:
 def _print(report, console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"calibration ({report.rule.replace('_', ' ')} {report.target:g}, level {report.level:.4g})")
+    level = "" if report.level is None else f", level {report.level:.4g}"
+    table = Table(title=f"calibration ({report.gate} gate, {report.rule.replace('_', ' ')} {report.target:g}{level})")
     table.add_column("signal")
     table.add_column("threshold", justify="right")
     table.add_column("AUROC (step failure)", justify="right")

@@ -22,6 +22,7 @@ from rich.table import Table
 from vla_edge.commands.run import add_rerun_argument, install_stop_handlers
 from vla_edge.config import load_settings
 from vla_edge.errors import VlaEdgeError
+from vla_edge.paths import REFERENCE_VERIFIER_DIR
 from vla_edge.task import TaskEvent, TaskSpec
 
 log = logging.getLogger("vla_edge.demo")
@@ -42,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="who answers escalations: a simulated operator, or you in the web console")
     parser.add_argument("--operator-delay", type=float, default=1.0, help="seconds the simulated operator waits")
     parser.add_argument("--no-verify", action="store_true", help="skip operator verification at checkpoints")
+    parser.add_argument("--no-auto-verify", action="store_true",
+                        help="no automatic checkpoint verifier: the operator verifies every checkpoint")
     parser.add_argument("--port", type=int, default=8780, help="operator console port on 127.0.0.1")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="where the run's state and dataset go")
     parser.add_argument("--config", type=Path, default=None, help="optional TOML config for the daemon")
@@ -77,6 +80,8 @@ def demo(args: argparse.Namespace) -> int:
     }
     if args.precision:
         overrides["policy"] = {"precision": args.precision}
+    if not args.no_verify and not args.no_auto_verify and (REFERENCE_VERIFIER_DIR / "manifest.json").exists():
+        overrides["verifier"] = {"bundle": str(REFERENCE_VERIFIER_DIR)}
     # The whole configuration is checked before the simulated robot's process exists, so a bad config leaves
     # no child behind; once it exists, the finally below always stops and reaps it.
     settings = load_settings(args.config, **overrides)
