@@ -92,9 +92,12 @@ def _policy_chunks(runs) -> list:
 
 
 def _row(name: str, chains: int, successes: list[bool], touches: list[int], step_success: list[bool],
-         chunks: list, remote_outcomes: dict[str, int]) -> dict[str, Any]:
+         chunks: list, remote_outcomes: dict[str, int], settled: dict[str, int] | None = None) -> dict[str, Any]:
+    """``settled``: the router's own count of every chunk it settled (one planned just before a step ended is
+    never collected by the executor, so the chunk records miss it); without a router, from the records."""
     latencies = np.asarray([c.latency_ms for c in chunks])
-    settled = Counter("operator" if not c.passed else c.tier for c in chunks)
+    if settled is None:
+        settled = dict(Counter("operator" if not c.passed else c.tier for c in chunks))
     return {
         "config": name,
         "chains": chains,
@@ -135,9 +138,12 @@ def run_config(name: str, remote: bool, operator: bool, args: argparse.Namespace
             touches.append(0)
             step_success.extend(bool(s.success) for s in free.steps)
             chunks.extend(_policy_chunks(free.steps))
+    settled = None
     if planner is not None:
         planner.close()
-    return _row(name, args.chains, successes, touches, step_success, chunks, dict(tier_metrics.remote_outcomes))
+        settled = {tier: int(count) for tier, count in tier_metrics.settled.items() if count}
+    return _row(name, args.chains, successes, touches, step_success, chunks, dict(tier_metrics.remote_outcomes),
+                settled)
 
 
 class CountingTierMetrics(TierMetrics):
@@ -145,12 +151,20 @@ class CountingTierMetrics(TierMetrics):
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__(registry)
+        self.registry = registry
         self.remote_outcomes: Counter[str] = Counter()
 
     def record(self, tier: str, outcome: str, seconds: float | None) -> None:
         super().record(tier, outcome, seconds)
         if tier == "remote":
             self.remote_outcomes[outcome] += 1
+
+    @property
+    def settled(self) -> dict[str, float]:
+        """Chunks settled by each tier, as the planner counted them (``vla_edge_tier_decisions_total``)."""
+        value = self.registry.get_sample_value
+        return {tier: value("vla_edge_tier_decisions_total", {"tier": tier}) or 0.0
+                for tier in ("local", "remote", "operator")}
 
 
 def remote_alone(args: argparse.Namespace, monitor: ConfidenceMonitor) -> dict[str, Any]:

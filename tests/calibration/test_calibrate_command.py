@@ -33,7 +33,7 @@ def test_write_bundle_puts_thresholds_in_the_manifest_and_asks_for_a_new_signatu
     thresholds = load_bundle(bundle_copy).manifest.confidence_thresholds  # digests of the graphs still match
     assert {"spread", "consistency", "ood"} <= set(thresholds)
     assert set(thresholds) == {"spread", "consistency", "ood"} | set(before)  # others (e.g. jerk) are kept
-    assert all(value >= 0 for value in thresholds.values())
+    assert all(value >= 0 for name, value in thresholds.items() if not name.startswith("score."))
     out = capsys.readouterr().out
     assert "sign it again" in out and "spread" in out
 
@@ -78,3 +78,13 @@ def test_the_product_never_imports_the_benchmarks():
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n == "bench" or n.startswith("bench.")]
     assert offenders == []
+
+
+def test_the_score_gate_replaces_the_bundles_whole_map_or_says_how_much_data_it_needs(bundle_copy, capsys):
+    from vla_edge.confidence import FailureScore
+
+    code = main(["calibrate", "--bundle", str(bundle_copy), "--chains", "2", "--samples", "4", "--test-fraction", "0",
+                 "--target-miss-rate", "0.05", "--write-bundle"])
+    assert code == 2 and "needs at least 19 failed held-out steps" in capsys.readouterr().err
+    before = load_bundle(bundle_copy).manifest.confidence_thresholds
+    assert FailureScore.from_thresholds(before) is not None  # the committed gate is the combined score

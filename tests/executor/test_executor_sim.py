@@ -363,12 +363,12 @@ def test_executor_settings_come_from_the_one_config_object():
 
 def test_recoveries_are_counted_on_the_daemons_metrics():
     from vla_edge.scheduler import InferenceRequest, PlannedChunk
-    from vla_edge.service import RecoveryMetrics
-    from vla_edge.task import TaskEvent
     from vla_edge.telemetry import DaemonMetrics
+    from vla_edge.telemetry.observer import MetricsObserver
     from vla_edge.types import Verdict
 
-    metrics = RecoveryMetrics(DaemonMetrics())
+    metrics = DaemonMetrics()
+    observer = MetricsObserver(metrics)
     samples = ChunkSamples(np.zeros((1, H, A), np.float32), np.zeros(4, np.float32), 0)
 
     def planned(attempt, passed):
@@ -376,12 +376,13 @@ def test_recoveries_are_counted_on_the_daemons_metrics():
         return PlannedChunk(request, samples, Verdict(passed, ()), samples.actions[0], 1.0)
 
     for attempt, passed in [(0, True), (1, False), (2, True)]:
-        metrics.on_chunk(planned(attempt, passed))
-    metrics.on_event(TaskEvent("step_retry", 3, {"after": "stalled"}, 0))
-    metrics.on_event(TaskEvent("verified", 3, {"scope": "checkpoint", "ok": True, "sure": True}, 0))
-    metrics.on_event(TaskEvent("verified", 4, {"scope": "step", "ok": True, "sure": False}, 0))
-    assert metrics.recoveries.value(kind="resample", outcome="refused") == 1
-    assert metrics.recoveries.value(kind="resample", outcome="accepted") == 1
-    assert metrics.recoveries.value(kind="step_retry", outcome="stalled") == 1
-    assert metrics.verifications.value(scope="checkpoint", decision="as_expected") == 1
-    assert metrics.verifications.value(scope="step", decision="unsure") == 1
+        observer.on_chunk(planned(attempt, passed))
+    metrics.record_task_event("step_retry", {"after": "stalled"})
+    metrics.record_task_event("verified", {"scope": "checkpoint", "ok": True, "sure": True})
+    metrics.record_task_event("verified", {"scope": "step", "ok": True, "sure": False})
+    value = metrics.registry.get_sample_value
+    assert value("vla_edge_recoveries_total", {"kind": "resample", "outcome": "refused"}) == 1
+    assert value("vla_edge_recoveries_total", {"kind": "resample", "outcome": "accepted"}) == 1
+    assert value("vla_edge_recoveries_total", {"kind": "step_retry", "outcome": "stalled"}) == 1
+    assert value("vla_edge_automatic_verifications_total", {"scope": "checkpoint", "decision": "as_expected"}) == 1
+    assert value("vla_edge_automatic_verifications_total", {"scope": "step", "decision": "unsure"}) == 1

@@ -144,6 +144,13 @@ class DaemonMetrics:
         self.verdicts = Counter("vla_edge_verdicts", "Confidence verdicts by result.", ["result"], registry=r)
         self.escalations = Counter("vla_edge_escalations", "Escalations to a human operator, by reason.",
                                    ["reason"], registry=r)
+        self.recoveries = Counter(
+            "vla_edge_recoveries", "What the robot tried by itself before asking: kind resample (a refused chunk "
+            "re-sampled; outcome accepted/refused) or step_retry (outcome: what the step ended in).",
+            ["kind", "outcome"], registry=r)
+        self.automatic_verifications = Counter(
+            "vla_edge_automatic_verifications", "Automatic scene verifications by scope (step, checkpoint) and "
+            "decision (as_expected, failed, unsure).", ["scope", "decision"], registry=r)
         self._stage = _Children(self.stage_latency)
         self._tick = _Children(self.ticks)
         self._signal_value = _Children(self.confidence)
@@ -186,6 +193,17 @@ class DaemonMetrics:
 
     def record_escalation(self, reason: str) -> None:
         self.escalations.labels(reason).inc()
+
+    def record_resample(self, accepted: bool) -> None:
+        self.recoveries.labels("resample", "accepted" if accepted else "refused").inc()
+
+    def record_task_event(self, kind: str, detail: Mapping[str, Any]) -> None:
+        """The task runner's events that count as recoveries or automatic verifications."""
+        if kind == "step_retry":
+            self.recoveries.labels("step_retry", str(detail.get("after", "unknown"))).inc()
+        elif kind == "verified":
+            decision = "unsure" if not detail.get("sure", True) else ("as_expected" if detail.get("ok") else "failed")
+            self.automatic_verifications.labels(str(detail.get("scope", "step")), decision).inc()
 
     def attach_health(self, sampler: HealthSampler) -> None:
         """Report the board's health from ``sampler`` at every scrape (and in /status.json)."""

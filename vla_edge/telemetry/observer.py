@@ -35,3 +35,5 @@ class MetricsObserver(TickObserver):
         self.metrics.record_stage("plan", planned.latency_ms / 1e3)
         verdict = planned.verdict
         self.metrics.record_confidence([(s.name, s.value, s.threshold) for s in verdict.signals], verdict.passed)
+        if planned.request.attempt > 0:  # a re-sample of a refused chunk (recovery.resample_tries)
+            self.metrics.record_resample(planned.admitted)
