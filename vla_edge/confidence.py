@@ -214,6 +214,16 @@ class ConfidenceMonitor:
     def score(self) -> FailureScore | None:
         return FailureScore.from_thresholds(self.thresholds)
 
+    @property
+    def signal_thresholds(self) -> dict[str, float]:
+        """The threshold of each signal a verdict reports (the combined score under its name ``failure_score``);
+        the score's parameters (``score.*``) are not signals."""
+        out = {k: float(v) for k, v in self.thresholds.items() if not k.startswith(_SCORE_PREFIX)}
+        score = self.score
+        if score is not None:
+            out[SCORE] = score.threshold
+        return out
+
     def with_thresholds(self, thresholds: Mapping[str, float]) -> ConfidenceMonitor:
         """The same monitor with ``thresholds`` over the defaults (signals not named keep their default)."""
         return replace(self, thresholds={**DEFAULT_THRESHOLDS, **thresholds})

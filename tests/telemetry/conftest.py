@@ -29,7 +29,7 @@ class DemoRun:
     judge: Any
     counters: Any  # the scheduler's SchedulerCounters
     metrics: Any  # the daemon's DaemonMetrics (read after the run)
-    thresholds: dict[str, float]
+    thresholds: dict[str, float]  # per signal a verdict reports (ConfidenceMonitor.signal_thresholds)
     rrd: Path | None
     rerun_counts: dict[str, int] = field(default_factory=dict)  # what the logger says it logged
     prometheus: Prometheus | None = None
@@ -73,7 +73,7 @@ def demo_run(tmp_path_factory):
                              "two scrapes after the task ended")
                     prometheus.at = prometheus.scalar(last_scrape)  # every query is asked at that scrape
                 run = DemoRun(result, judge, daemon.executor.scheduler.counters, daemon.metrics,
-                              dict(daemon.executor.monitor.thresholds), rrd, {}, prometheus)
+                              daemon.executor.monitor.signal_thresholds, rrd, {}, prometheus)
                 logger = daemon.rerun
             if logger is not None:  # closed with the daemon: everything queued has been logged
                 run.rerun_counts = {"frames": logger.frames_logged, "chunks": logger.chunks_logged,

@@ -51,7 +51,9 @@ def test_hold_ticks_by_reason_and_actions_match_the_scheduler(run):
     assert ticks.get("action") == run.counters.actions_sent
     scheduler_holds = {k: v for k, v in ticks.items() if k.startswith("hold_") and not k.startswith("hold_camera")}
     assert sum(scheduler_holds.values()) == run.counters.holds
-    assert scheduler_holds.get("hold_low_confidence", 0) >= run.counters.chunks_rejected
+    # A refused chunk is re-sampled first (recovery.resample_tries); only a refusal that used up the re-samples
+    # holds the arm for low confidence.
+    assert scheduler_holds.get("hold_low_confidence", 0) >= run.counters.escalations
     # Every outcome Prometheus has is the one the daemon's registry has.
     assert ticks == {k: v for k, v in run.metrics.by_label(run.metrics.ticks, "outcome").items()}
 
@@ -74,7 +76,12 @@ def test_escalations_match_the_task_runner(run):
     escalations = run.prometheus.by_label('vla_edge_escalations_total{job="vla-edge"}', "reason")
     assert sum(escalations.values()) == run.result.counters.get("escalations", 0) >= 1
     assert escalations.get("verify", 0) >= 1  # the checkpoint verification of this task
-    assert escalations.get("low_confidence", 0) == run.counters.chunks_rejected
+    assert escalations.get("low_confidence", 0) == run.counters.escalations
+    # Every refusal was either recovered by a re-sample, escalated, or was still being re-sampled at the end.
+    assert run.counters.recovered + run.counters.escalations <= run.counters.chunks_rejected
+    recoveries = run.prometheus.by_label('vla_edge_recoveries_total{job="vla-edge",kind="resample"}', "outcome")
+    assert recoveries.get("accepted", 0) == run.counters.recovered
+    assert sum(recoveries.values()) <= run.counters.resamples
 
 
 def test_every_dashboard_query_runs_on_prometheus_and_the_core_panels_have_data(run):
