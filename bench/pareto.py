@@ -2,14 +2,16 @@
 verifier's operating points, for each arrangement (gated, + recovery, + recovery + verifier, with and without
 the remote tier).
 
-    python -m bench.pareto --chains 100 --seed 7101 --out bench/results/pareto          # ~1 h on 2 shared cores
+    python -m bench.pareto --chains 100 --seed 2000 --out bench/results/pareto          # ~1 h on 2 shared cores
     python -m bench.pareto --quick --out /tmp/pareto                                     # smoke
 
 The gate's operating points are combined failure scores fitted once on held-out autonomous rollouts
 (``--calibration-seed``, default 1000) for each ``--gate-targets`` miss rate; the verifier's are accept thresholds
 (``--accept-thresholds``; ``bundle`` is the verifier bundle's calibrated one). Every point runs the SAME chains
-(``--seed``) on the robot's own executor in simulated time (``bench.chain_benchmark``). Writes pareto.json and
-pareto.png (the points, each arrangement's curve, the Pareto front, and the default operating point marked).
+(``--seed``) on the robot's own executor in simulated time (``bench.chain_benchmark``). Choosing the default
+operating point from the curve is a design choice, so the curve is drawn on development chains (seed root 2000,
+docs/evaluation-seeds.md), never on an evaluation root. Writes pareto.json and pareto.png (the points, each
+arrangement's curve, the Pareto front, and the default operating point marked).
 """
 
 from __future__ import annotations

@@ -118,6 +118,15 @@ def test_quick_benchmark_writes_table_json_and_png(tmp_path, capsys):
     assert len(json.loads((out / "chains.json").read_text())) == 2
     assert "| chain success |" in (out / "chain_benchmark.md").read_text()
     assert "chain success" in capsys.readouterr().out
+    # The evaluation table over seeds reads these very files (here: the run and a copy of it under another seed).
+    from bench.seed_spread import table
+
+    text = table([summary, {**summary, "seed": summary["seed"] + 1}])
+    for name, figures in summary["configs"].items():
+        v = f"{figures['chain_success']:.1%}"
+        assert f"| {name} | chain success | {v} | {v} | {v} | {v}–{v} |" in text, name
+        t = f"{figures['touches_per_chain']:.2f}"
+        assert f"| {name} | operator touches per chain | {t} | {t} | {t} | {t}–{t} |" in text, name
 
 
 def test_a_block_off_the_reachable_table_is_placed_by_hand_and_counted(opened):
