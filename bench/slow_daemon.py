@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.gate:
         extra["confidence"] = {"enabled": False}
     started = time.monotonic()
+    load_before = os.getloadavg()[0]  # this machine is shared: the figures mean little without it
     with tempfile.TemporaryDirectory(prefix="vla-edge-slow-") as tmp:
         run = run_bundle_step(args.bundle, Path(tmp), args.instruction, precision=args.precision,
                               step_timeout_s=args.seconds, observers=[timing], **extra)
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         "late_dropped": getattr(counters, "late_dropped", None),
         "chunks_retimed": getattr(counters, "retimed", None),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # before and after the run
+        "cpus": os.cpu_count(),
         "wall_seconds": round(wall, 1),
         "command": "python -m bench.slow_daemon " + " ".join(argv if argv is not None else _argv()),
     }
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("actions_per_second_after_first", "ticks_after_first_action", "hold_ticks_after_first_action",
                 "hold_reasons", "chunks_accepted", "chunk_latency_ms_p50", "chunk_latency_ms_p99", "delay_ticks",
                 "boundary_jerk_p50", "boundary_jerk_max", "within_chunk_jerk_max", "late_dropped", "chunks_retimed",
-                "peak_rss_mib"):
+                "peak_rss_mib", "load_average_1m"):
         print(f"  {key}: {result[key]}")
     return 0
 

@@ -31,6 +31,7 @@ def test_slow_daemon_runs_the_real_daemon(tmp_path):
     result = json.loads((out / "slow_daemon.json").read_text())
     assert result["random_weights"] is True and result["actions_sent"] > 0
     assert result["chunks_accepted"] >= 1 and result["peak_rss_mib"] > 0
+    assert len(result["load_average_1m"]) == 2 and result["cpus"] >= 1
 
 
 def _summary(seed: int, success: dict, bundle: str = "reference 0.1.0") -> dict:
