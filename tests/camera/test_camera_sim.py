@@ -152,9 +152,10 @@ def test_malformed_messages_are_counted_and_do_not_stop_the_source(publisher):
         raw_socket.send(msgpack.packb({"v": 1, "seq": 0}))  # a map without the frame fields
         wait_for(lambda: source.counters()["bad_messages"] == 2, what="the second bad message to be counted")
         assert "t_capture_ns" in (source.last_error or "")
-        publisher.publish(_image(3), time.monotonic_ns())
-        frame = source.wait_latest(GENEROUS_S)
-        assert frame is not None and frame.image[0, 0, 0] == 3
+        # Still working: a new frame comes through. Frames of value 0 that were still queued when the first one was
+        # taken (a loaded machine) may come first, and one frame may be lost (CONFLATE): wait for a 3 to arrive.
+        wait_for(lambda: publisher.publish(_image(3), time.monotonic_ns()) or (
+            (frame := source.wait_latest(0.05)) is not None and frame.image[0, 0, 0] == 3), what="a frame of 3")
 
 
 def test_frame_message_round_trip_and_validation():
