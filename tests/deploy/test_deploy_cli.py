@@ -115,10 +115,12 @@ def test_status_prints_one_screen_summary_from_a_live_server():
     dm.record_escalation("ood")
     dm.attach_health(HealthSampler(use_vcgencmd=False))
     with MetricsServer(dm, port=0, status_provider=lambda: {"task": "tabletop-10", "step": "4/10"}) as server:
-        proc = subprocess.run([sys.executable, "-m", "vla_edge.cli", "status", "--url", server.url],
-                              capture_output=True, text=True, timeout=60, env={"COLUMNS": "100", "PATH": ""})
-        raw = subprocess.run([sys.executable, "-m", "vla_edge.cli", "status", "--url", server.url, "--json"],
-                             capture_output=True, text=True, timeout=60)
+        # The server answers from this (possibly starved) test process: a generous --timeout (the CLI's 2 s default
+        # is for a daemon on its own board) and subprocess deadlines that only a hung command reaches.
+        proc = subprocess.run([sys.executable, "-m", "vla_edge.cli", "status", "--url", server.url, "--timeout", "60"],
+                              capture_output=True, text=True, timeout=300, env={"COLUMNS": "100", "PATH": ""})
+        raw = subprocess.run([sys.executable, "-m", "vla_edge.cli", "status", "--url", server.url, "--json",
+                              "--timeout", "60"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for expected in ("vla-edge status", "tabletop-10", "4/10", "denoise", "11.0", "ood 1", "memory"):
