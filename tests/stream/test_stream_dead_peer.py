@@ -23,12 +23,21 @@ RATE_HZ = 50.0
 
 def _time_until(predicate, timeout_s: float) -> float:
     """Seconds until predicate() is true, polled every millisecond; inf on timeout."""
-    start = time.monotonic()
+    return _poll_until(predicate, timeout_s)[0]
+
+
+def _poll_until(predicate, timeout_s: float) -> tuple[float, float]:
+    """Seconds until predicate() is true (inf on timeout), and the milliseconds between the last two polls: how
+    precisely the moment was seen. The poll is every millisecond, but on a loaded machine this thread may not run
+    for a long while, and the moment is then seen that much late (measurement slack, not the peer's)."""
+    start = last = time.monotonic()
     while time.monotonic() - start < timeout_s:
+        now = time.monotonic()
         if predicate():
-            return time.monotonic() - start
+            return now - start, (now - last) * 1e3
+        last = now
         time.sleep(0.001)
-    return float("inf")
+    return float("inf"), 0.0
 
 
 def _stopped(pid: int) -> bool:
@@ -67,7 +76,8 @@ def test_controller_holds_when_daemon_dies_or_freezes(fault, demo_settings, wait
             assert client.daemon_alive()
             t_fault = time.monotonic_ns()
             slack_ms = _fault(daemon.pid, fault)
-            assert _time_until(lambda: not client.daemon_alive(), 30.0) < 30.0
+            until, poll_gap_ms = _poll_until(lambda: not client.daemon_alive(), 30.0)
+            assert until < 30.0
             noticed_s = (time.monotonic_ns() - t_fault) / 1e9
             assert wait(lambda: _first_stale_after(loop, t_fault) is not None, 2.0)
             scheduled, now, held = _first_stale_after(loop, t_fault)
@@ -81,7 +91,7 @@ def test_controller_holds_when_daemon_dies_or_freezes(fault, demo_settings, wait
                   f"{lateness_ms:.1f} ms); dead peer noticed after {noticed_s * 1e3:.1f} ms "
                   f"(3 heartbeats = {3 * settings.heartbeat_ms:.0f} ms)")
             assert hold_ms <= bound_ms + lateness_ms + slack_ms + 1.0
-            assert noticed_s * 1e3 <= 3 * settings.heartbeat_ms + 5.0 + slack_ms
+            assert noticed_s * 1e3 <= 3 * settings.heartbeat_ms + 5.0 + slack_ms + poll_gap_ms
             np.testing.assert_allclose(held.values, executed_before[-1].values)  # holds the last position
             # nothing moves while the daemon is gone
             time.sleep(0.3)
@@ -107,17 +117,18 @@ def test_daemon_notices_dead_or_frozen_controller(fault, demo_settings):
         controller = spawn_peer("controller", settings, RATE_HZ)
         try:
             assert daemon.wait_for_controller(20.0)
-            assert _time_until(daemon.controller_alive, 2.0) < 2.0
+            assert _time_until(daemon.controller_alive, 30.0) < 30.0
             t_fault = time.monotonic_ns()
             slack_ms = _fault(controller.pid, fault)
-            assert _time_until(lambda: not daemon.controller_alive(), 30.0) < 30.0
+            until, poll_gap_ms = _poll_until(lambda: not daemon.controller_alive(), 30.0)
+            assert until < 30.0
             noticed_s = (time.monotonic_ns() - t_fault) / 1e9
             print(f"\n{fault} controller: daemon noticed after {noticed_s * 1e3:.1f} ms "
                   f"(3 heartbeats = {3 * settings.heartbeat_ms:.0f} ms; the process took {slack_ms:.1f} ms to stop)")
-            assert noticed_s * 1e3 <= 3 * settings.heartbeat_ms + 5.0 + slack_ms
+            assert noticed_s * 1e3 <= 3 * settings.heartbeat_ms + 5.0 + slack_ms + poll_gap_ms
             if fault == "SIGSTOP":
                 os.kill(controller.pid, signal.SIGCONT)
-                assert _time_until(daemon.controller_alive, 2.0) < 2.0
+                assert _time_until(daemon.controller_alive, 30.0) < 30.0
         finally:
             if controller.poll() is None:
                 os.kill(controller.pid, signal.SIGCONT)
