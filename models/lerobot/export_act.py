@@ -1,0 +1,111 @@
+"""ACT: one encode graph (ResNet-18 per camera → transformer encoder → one-pass decoder → action head), run once
+per chunk; sampler ``single_pass``.
+
+At inference LeRobot's ACT uses a zero latent (no VAE encoder), so the chunk is a deterministic function of the
+observation: K = 1 and the ``spread`` confidence signal does not apply. The graph wraps LeRobot's own
+``ACT.forward`` (``policy.model``) unchanged; images arrive normalised by the runtime (the dataset's per-camera
+mean/std), the state normalised (mean/std). Both exporters work (parity ≤ 1e-6 here); dynamo is used.
+Refused: an environment-state input (the runtime has no source for it) and temporal ensembling (the runtime
+executes whole chunks; LeRobot's temporal ensembling re-plans every step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from models.lerobot.plan import ExportPlan, GraphPlan, InputDecl, TensorDecl
+from models.lerobot.sections import (
+    action_space,
+    image_mean_std,
+    names,
+    norm_mode,
+    normalisation,
+    view_name,
+)
+
+
+class ExportRefused(Exception):
+    """This checkpoint uses a feature the runtime cannot run; the message says which and what to do."""
+
+
+def _graph_module(policy: Any, image_keys: list[str], has_state: bool) -> Any:
+    import torch
+    from lerobot.utils.constants import OBS_IMAGES, OBS_STATE
+
+    class ACTGraph(torch.nn.Module):
+        """(state, image_<view>...) → normalised action chunk, through LeRobot's ACT.forward."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = policy.model
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            batch: dict[str, Any] = {}
+            images = list(inputs)
+            if has_state:
+                batch[OBS_STATE] = images.pop(0)
+            batch[OBS_IMAGES] = images
+            return self.model(batch)[0]
+
+    return ACTGraph().eval()
+
+
+def plan(ck: Any, options: Any, batch: dict[str, Any]) -> ExportPlan:
+    """``batch``: one observation through LeRobot's preprocessor (normalised, batch 1)."""
+    cfg = ck.config
+    if cfg.env_state_feature:
+        raise ExportRefused("ACT with an environment-state input (observation.environment_state): the runtime has "
+                            "no source for it")
+    if cfg.temporal_ensemble_coeff is not None:
+        raise ExportRefused("ACT with temporal_ensemble_coeff set: the runtime executes whole chunks and does not "
+                            "re-plan every step; import a config with temporal_ensemble_coeff=null")
+    image_keys = list(cfg.image_features)
+    if not image_keys:
+        raise ExportRefused("ACT without a camera: vla-edge bundles need at least one camera view")
+    has_state = cfg.robot_state_feature is not None
+    action_dim = cfg.action_feature.shape[0]
+    visual_mode = norm_mode(cfg, "VISUAL")
+    inputs: list[InputDecl] = []
+    sources: dict[str, np.ndarray] = {}
+    if has_state:
+        s = cfg.robot_state_feature.shape[0]
+        inputs.append(InputDecl("state", "float32", [1, s], source="observation.state"))
+        sources["observation.state"] = batch["observation.state"].numpy().astype(np.float32)
+    cameras = []
+    for key in image_keys:
+        c, h, w = cfg.image_features[key].shape
+        view = view_name(key)
+        mean, std = image_mean_std(visual_mode, ck.stats.get(key))
+        cameras.append({"name": view, "height": h, "width": w, "resize": "resize", "interpolation": "bilinear",
+                        "dtype": "float32", "layout": "chw", "value_range": [0.0, 1.0], "mean": mean, "std": std,
+                        "lerobot_key": key})
+        inputs.append(InputDecl(f"image_{view}", "float32", [1, c, h, w], source=f"observation.image.{view}"))
+        sources[f"observation.image.{view}"] = batch[key].numpy().astype(np.float32)
+    graph = GraphPlan(
+        name="policy", role="encode", build=lambda: _graph_module(ck.policy, image_keys, has_state),
+        inputs=inputs, outputs=[TensorDecl("actions", "float32", [1, cfg.chunk_size, action_dim])],
+        exporter="dynamo", int8_candidates=["matmul", "matmul+gemm", "matmul+gemm+conv"],
+    )
+    state_dim = cfg.robot_state_feature.shape[0] if has_state else 0
+    state_names = names(options.state_names, state_dim, "state", "state") if has_state else ["none"]
+    action_names = names(options.action_names, action_dim, "action", "action")
+    sections = {
+        "observation": {
+            "cameras": cameras,
+            "state": {"names": state_names,
+                      "normalisation": normalisation(norm_mode(cfg, "STATE"), ck.stats.get("observation.state"))
+                      if has_state else {"mode": "identity"}},
+            "history": 1,
+        },
+        "language": {"tokenizer": {"kind": "words", "vocabulary": ["<pad>", "task"]}},
+        "action": {"normalisation": normalisation(norm_mode(cfg, "ACTION"), ck.stats.get("action")),
+                   "model_horizon": cfg.chunk_size, "execute_start": 0, "execute_length": cfg.n_action_steps},
+        "sampler": {"kind": "single_pass", "output": "policy.actions"},
+        "action_space": action_space(ck.stats["action"], action_names),
+    }
+    notes = ["ACT: one graph around LeRobot's ACT.forward (zero latent at inference: deterministic, K = 1); "
+             "exported with torch.export (dynamo); no graph fix needed"]
+    return ExportPlan(policy_type="act", graphs=[graph], sections=sections, example_sources=sources, notes=notes,
+                      step_batch=1)
