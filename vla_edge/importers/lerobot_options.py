@@ -79,6 +79,9 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="step_end.max_seconds: how long the policy runs on one task step (default: none; the "
                         "task runner's own check ends the step)")
+    parser.add_argument("--layers-per-block", type=int, default=None,
+                        help="π0 / π0.5: backbone layers per exported prefix graph (default: about 1.6 GB of fp32 "
+                        "weights per graph, 3 layers of Gemma 2B)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--random-weights", action="store_true",
                         help="label the bundle RANDOM WEIGHTS (set automatically for checkpoints made by "
