@@ -50,13 +50,15 @@ class Checkpoint:
     random_weights: bool
     label: dict[str, Any] = field(default_factory=dict)
     tokenizer_dir: Path | None = None  # where the processor's tokenizer came from (SmolVLA / π0)
+    n_parameters: int = 0
+    policy_config: Any = None  # kept when the policy is released to free memory
 
     @property
     def config(self) -> Any:
-        return self.policy.config
+        return self.policy.config if self.policy is not None else self.policy_config
 
     def parameters(self) -> int:
-        return sum(p.numel() for p in self.policy.parameters())
+        return self.n_parameters
 
 
 def detect_layout(path: Path) -> tuple[str, str, dict[str, Any]]:
@@ -135,7 +137,8 @@ def load_checkpoint(path: Path, vlm_dir: Path | None = None, tokenizer_dir: Path
         stats={k: {s: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float32)
                    for s, v in d.items()} for k, d in stats.items()},
         random_weights=bool(label.get("random_weights")), label=label,
-        tokenizer_dir=_tokenizer_dir(pre),
+        tokenizer_dir=_tokenizer_dir(pre), n_parameters=sum(p.numel() for p in policy.parameters()),
+        policy_config=policy.config,
     )
 
 

@@ -11,7 +11,10 @@ own decoder layers (``PiGemmaModel.layers[a:b]``) as ``PiGemmaModel.forward`` ru
 position ids, LeRobot's 4-D prefix mask, a DynamicCache filled by the layers); the step rebuilds the prefix cache
 and calls ``PI0Pytorch.denoise_step``, expanding the batch-1 keys/values (and state, pad mask) to the K samples
 in-graph. π0.5 is the same layout: its state enters the prompt (``state_in_prompt``: normalised, 256 bins) instead
-of the step, and its expert uses adaptive RMSNorm on the time (inside LeRobot's denoise_step).
+of the step, and its expert uses adaptive RMSNorm on the time (inside LeRobot's denoise_step). LeRobot 0.6.1
+writes the state's own values into the prompt, not padded to max_state_dim (``pad_to: null``; a first import that
+padded to 32 still passed fp32 parity at MAE 1e-3 with random weights, which is why the prompt tokens were
+compared directly).
 
 Fixes: the models are exported in fp32 (LeRobot's bf16 casts give graphs ONNX Runtime's CPU provider cannot run:
 ``Expand(13)`` has no bf16 kernel); the prompt is always padded to ``tokenizer_max_length`` (LeRobot's π0
@@ -233,7 +236,7 @@ def plan(ck: Any, options: Any, batch: dict[str, Any]) -> ExportPlan:
         language = language_section(step, "{task}\n", stand_in, origin)
     else:
         language = language_section(step, "Task: {task}, State: {state};\nAction: ", stand_in, origin,
-                                    clean_task=True, state_in_prompt={"bins": 256, "pad_to": cfg.max_state_dim})
+                                    clean_task=True, state_in_prompt={"bins": 256, "pad_to": None})
     sections = {
         "observation": {
             "cameras": cameras,

@@ -277,21 +277,29 @@ def write_manifest(staging: Path, manifest: dict[str, Any]) -> Any:
 
 # ---- parity ---------------------------------------------------------------------------------------------------
 def run_parity(ck: Any, staging: Path, precisions: list[str], options: argparse.Namespace,
-               history: int) -> dict[str, dict[str, Any]]:
+               history: int, release_policy: bool = False) -> dict[str, dict[str, Any]]:
     from models.lerobot import parity
     from models.lerobot.metrics import verdict
 
     cosine_bounds = {**DEFAULT_COSINE_BOUNDS, **options.cosine_bounds}
     mae_bounds = {**DEFAULT_MAE_BOUNDS, **options.mae_bounds}
     observations = parity.make_observations(ck, options.observations, history, options.seed)
-    reference = None
+    started = time.monotonic()
+    reference = parity.reference_chunks(ck, parity.manifest_of(staging), observations, options.seed)
+    log(f"LeRobot reference: {len(observations)} chunks in {time.monotonic() - started:.0f} s")
+    if release_policy:  # π0 at full size: LeRobot's fp32 model and an fp32 variant do not fit in memory together
+        ck.policy = None
+        gc.collect()
     out: dict[str, dict[str, Any]] = {}
     failures = []
     for precision in precisions:
         started = time.monotonic()
-        figures, reference = parity.compare(ck, staging, precision, observations, options.seed, options.threads,
-                                            reference)
+        figures, token_mismatches = parity.compare(reference, staging, precision, observations, options.seed,
+                                                   options.threads)
         problem = verdict(figures, cosine_bounds[precision], mae_bounds[precision])
+        if token_mismatches:
+            problem = (f"prompt tokens differ from LeRobot's for {token_mismatches} of {len(observations)} "
+                       "observations (tokenizer or prompt template)")
         out[precision] = {
             "reference": f"lerobot {_lerobot_version()} predict_action_chunk, torch {_torch_version()} fp32 eager, "
                          "same weights, observations and noise (every DDPM step's); figures in normalised action units",
@@ -300,7 +308,8 @@ def run_parity(ck: Any, staging: Path, precisions: list[str], options: argparse.
             "mae_bound": mae_bounds[precision], "cosine_bound": cosine_bounds[precision], "passed": problem is None,
         }
         log(f"parity {precision}: MAE {figures.mae:.2e}, max {figures.max_abs:.2e}, cosine {figures.cosine:.6f} "
-            f"(worst {figures.cosine_min:.6f}), spread {figures.spread:.3f}, MAE/spread {figures.relative_mae:.3f} "
+            f"(worst {figures.cosine_min:.6f}), centred cosine {figures.centered_cosine:.4f}, spread "
+            f"{figures.spread:.3f}, MAE/spread {figures.relative_mae:.3f} "
             f"over {figures.observations} observations ({time.monotonic() - started:.0f} s)"
             + ("" if problem is None else f" -> FAILED: {problem}"))
         if problem is not None:

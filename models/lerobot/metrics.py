@@ -10,6 +10,10 @@ action units (what the graphs compute: the same scale for every dimension, whate
   the policy's output moves when the observation moves. A random-weight policy whose outputs barely vary passes
   cosine trivially (every chunk is nearly the same vector), so the spread is reported beside the cosine, and
   ``relative_mae`` = mae / spread says how large the error is against that movement.
+* ``centered_cosine``: the same cosine after subtracting each array's mean chunk over the N observations: how well
+  the candidate follows what *changes* with the observation. Unlike ``cosine`` it is not carried by a large mean
+  chunk (a random-weight ACT's outputs move by ~5 % of their magnitude across observations, so its plain cosine is
+  ~1 even when a variant ignores the observation).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class ParityFigures:
     cosine_min: float
     spread: float
     relative_mae: float
+    centered_cosine: float
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -48,6 +53,10 @@ def parity_figures(reference: np.ndarray, candidate: np.ndarray) -> ParityFigure
     cosines = np.where(norms > 0, np.sum(flat_ref * flat_can, axis=1) / np.maximum(norms, 1e-300), 0.0)
     spread = float(np.mean(np.std(reference, axis=0))) if n > 1 else 0.0
     mae = float(diff.mean())
+    centered_ref = (reference - reference.mean(axis=0)).reshape(-1)
+    centered_can = (candidate - candidate.mean(axis=0)).reshape(-1)
+    denominator = float(np.linalg.norm(centered_ref) * np.linalg.norm(centered_can))
+    centered = float(centered_ref @ centered_can / denominator) if denominator > 0 else 0.0
     return ParityFigures(
         observations=n,
         mae=mae,
@@ -56,6 +65,7 @@ def parity_figures(reference: np.ndarray, candidate: np.ndarray) -> ParityFigure
         cosine_min=float(cosines.min()),
         spread=spread,
         relative_mae=mae / spread if spread > 0 else float("inf"),
+        centered_cosine=centered,
     )
 
 

@@ -8,7 +8,8 @@ op types to quantize is chosen per graph by measurement (``choose_int8``): full 
 fp32 (ConvInteger on CPU; e.g. Diffusion Policy's UNet: 115 ms full vs 64 ms MatMul/Gemm-only vs 69 ms fp32), so
 each candidate set is timed on the graph's example inputs and the fastest is kept; the timings go in the manifest.
 int4 is ``MatMulNBits`` (4-bit blocks of 32 along K, asymmetric, accuracy_level 4 = int8 compute), Gemm rewritten
-as MatMul first, narrow MatMuls (< 64 in or out) kept fp32, as the reference model's int4 does.
+as MatMul first, narrow MatMuls (< 64 in or out) kept fp32, as the reference model's int4 does; embedding Gathers
+become ``GatherBlockQuantized`` (4-bit blocks along the width). Gathers are int8 in the int8 variant.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from onnx import TensorProto, helper
 OPSET = 18
 INT4_BLOCK_SIZE = 32
 INT4_MIN_WIDTH = 64
+# Gather (embedding tables: π0's 257k × 2048 language embedding is 2.1 GB in fp32) is quantized in every candidate:
+# it changes the size, not the speed.
 INT8_CANDIDATES: dict[str, tuple[str, ...]] = {
-    "matmul": ("MatMul",),
-    "matmul+gemm": ("MatMul", "Gemm"),
-    "matmul+gemm+conv": ("MatMul", "Gemm", "Conv"),
+    "matmul": ("MatMul", "Gather"),
+    "matmul+gemm": ("MatMul", "Gemm", "Gather"),
+    "matmul+gemm+conv": ("MatMul", "Gemm", "Conv", "Gather"),
 }
 
 
@@ -246,7 +249,7 @@ def quantize_int8(src: Path, dst: Path, op_types: Sequence[str]) -> int:
     save_with_external_data(onnx.load(str(tmp), load_external_data=True), dst)
     for leftover in tmp.parent.glob(tmp.stem + "*"):
         leftover.unlink()
-    return _count(dst, {"MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger"})
+    return _count(dst, {"MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "DequantizeLinear"})
 
 
 def choose_int8(src: Path, dst: Path, feeds: dict[str, np.ndarray], threads: int,
@@ -292,13 +295,16 @@ def quantize_int4(src: Path, dst: Path) -> int:
 
     model = onnx.load(str(src), load_external_data=True)
     gemm_to_matmul(model)
-    config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK_SIZE, is_symmetric=False, accuracy_level=4)
+    # Gather (embedding tables) → GatherBlockQuantized, 4-bit blocks along the embedding width
+    config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK_SIZE, is_symmetric=False, accuracy_level=4,
+                                          op_types_to_quantize=("MatMul", "Gather"),
+                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
     with quiet():
         quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=narrow_matmuls(model, INT4_MIN_WIDTH),
                                          algo_config=config)
         quantizer.process()
     save_with_external_data(quantizer.model.model, dst)
-    return _count(dst, {"MatMulNBits"})
+    return _count(dst, {"MatMulNBits", "GatherBlockQuantized"})
 
 
 def graph_bytes(path: Path) -> int:

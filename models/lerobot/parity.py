@@ -112,6 +112,18 @@ def diffusers_step_noise(steps: np.ndarray | None) -> Iterator[list[int]]:
         scheduling_ddpm.randn_tensor, scheduling_ddim.randn_tensor = originals
 
 
+def valid_tokens(tokens: Any, mask: Any) -> list[int]:
+    """The prompt's real tokens (padding dropped): what must be identical in LeRobot and the runtime."""
+    return [int(t) for t, m in zip(np.asarray(tokens).reshape(-1), np.asarray(mask).reshape(-1), strict=True) if m]
+
+
+def lerobot_tokens(ck: Any, observation: Observation) -> list[int] | None:
+    batch = preprocess(ck, observation.frames[-1], observation.states[-1], observation.task)
+    if "observation.language.tokens" not in batch:
+        return None
+    return valid_tokens(batch["observation.language.tokens"], batch["observation.language.attention_mask"])
+
+
 def lerobot_chunk(ck: Any, observation: Observation, noise: Noise) -> np.ndarray:
     """LeRobot's own chunk (executed window, normalised units) for one observation: [n, A]."""
     import torch
@@ -153,11 +165,12 @@ def make_noise(runner_spec: Any, seed: int) -> Noise:
     return Noise(initial=initial, steps=steps)
 
 
-def runner_chunk(runner: Any, ck: Any, observation: Observation, noise: Noise, interval_ns: int) -> np.ndarray:
-    """vla-edge's chunk for the same observation and noise: [n, A] in normalised units."""
+def runner_chunk(runner: Any, observation: Observation, noise: Noise,
+                 interval_ns: int) -> tuple[np.ndarray, list[int] | None]:
+    """vla-edge's chunk for the same observation and noise ([n, A], normalised units) and its prompt tokens."""
     from vla_edge.policy import SamplerNoise
 
-    views = {key: view for key, view in _view_keys(runner)}
+    views = {view.lerobot_key: view.name for view in runner.manifest.observation.cameras}
     runner.reset()
     runner.set_instruction(observation.task)
     t0 = 1_000_000_000
@@ -166,27 +179,51 @@ def runner_chunk(runner: Any, ck: Any, observation: Observation, noise: Noise, i
     t_last = t0 + (len(observation.frames) - 1) * interval_ns
     encoded = runner.encode({views[k]: f for k, f in observation.frames[-1].items()}, observation.states[-1], t_last)
     samples = runner.sample(encoded, 1, noise=SamplerNoise(initial=noise.initial, steps=noise.steps), clip=False)
-    return np.asarray(runner.normalise_actions(samples.actions[0]), dtype=np.float32)
+    tokens = None
+    if "language.tokens" in encoded.values and "language.attention_mask" in encoded.values:
+        tokens = valid_tokens(encoded.values["language.tokens"], encoded.values["language.attention_mask"])
+    return np.asarray(runner.normalise_actions(samples.actions[0]), dtype=np.float32), tokens
 
 
-def _view_keys(runner: Any) -> list[tuple[str, str]]:
-    return [(view.lerobot_key, view.name) for view in runner.manifest.observation.cameras]
+def manifest_of(bundle_dir: Any) -> Any:
+    from vla_edge.bundle import load_bundle
+    from vla_edge.policy import manifest_v2
+
+    return manifest_v2(load_bundle(bundle_dir, verify=False))
 
 
-def compare(ck: Any, bundle_dir: Any, precision: str, observations: list[Observation], seed: int,
-            threads: int, reference: np.ndarray | None = None) -> tuple[ParityFigures, np.ndarray]:
-    """Parity of one variant; ``reference``: LeRobot's chunks when already computed (same noise seeds)."""
+def reference_chunks(ck: Any, spec: Any, observations: list[Observation], seed: int) -> Reference:
+    """LeRobot's chunks for every observation, with the noise ``runner_chunks`` will use, and its prompt tokens."""
+    chunks = np.stack([lerobot_chunk(ck, o, make_noise(spec, seed + 1000 + i)) for i, o in enumerate(observations)])
+    return Reference(chunks=chunks, tokens=[lerobot_tokens(ck, o) for o in observations])
+
+
+@dataclass
+class Reference:
+    chunks: np.ndarray  # [N, n, A] normalised
+    tokens: list[list[int] | None]  # each observation's prompt tokens (None: the policy reads no language)
+
+
+def runner_chunks(bundle_dir: Any, precision: str, observations: list[Observation], seed: int,
+                  threads: int) -> tuple[np.ndarray, list[list[int] | None]]:
     from vla_edge.bundle import load_bundle
     from vla_edge.policy import PolicyRunner
 
     runner = PolicyRunner(load_bundle(bundle_dir), precision=precision, intra_op_threads=threads, seed=seed)
     spec = runner.manifest
     interval_ns = int((spec.observation.history_interval_s or 1.0 / spec.control_rate_hz) * 1e9)
-    ours, theirs = [], []
-    for i, observation in enumerate(observations):
-        noise = make_noise(spec, seed + 1000 + i)
-        ours.append(runner_chunk(runner, ck, observation, noise, interval_ns))
-        if reference is None:
-            theirs.append(lerobot_chunk(ck, observation, noise))
-    ref = np.stack(theirs) if reference is None else reference
-    return parity_figures(ref, np.stack(ours)), ref
+    results = [runner_chunk(runner, o, make_noise(spec, seed + 1000 + i), interval_ns)
+               for i, o in enumerate(observations)]
+    del runner
+    return np.stack([r[0] for r in results]), [r[1] for r in results]
+
+
+def compare(reference: Reference, bundle_dir: Any, precision: str, observations: list[Observation], seed: int,
+            threads: int) -> tuple[ParityFigures, int]:
+    """Parity of one variant against LeRobot's chunks (same observations and noise seeds), and the number of
+    observations whose prompt tokens differ from LeRobot's (must be 0: a random-weight policy's output hardly
+    depends on its prompt, so a wrong prompt would pass a tolerance on the actions)."""
+    chunks, tokens = runner_chunks(bundle_dir, precision, observations, seed, threads)
+    mismatched = sum(1 for ours, theirs in zip(tokens, reference.tokens, strict=True)
+                     if theirs is not None and ours != theirs)
+    return parity_figures(reference.chunks, chunks), mismatched

@@ -11,9 +11,10 @@ PRECISION_CHOICES = ("fp32", "int8", "int4")
 
 # Parity bounds per variant against LeRobot's own output (same weights, observation and noise): cosine of the
 # flattened chunk, and mean |a - a_ref| in normalised action units (what the graphs compute; physical units
-# differ per robot). fp32 and int8 cosine are the targets; int4 and the MAE bounds are this project's.
+# differ per robot). fp32 and int8 cosine are the targets; int4 and the MAE bounds are this project's
+# (fp32: an exact export measures 1e-7..1e-5 here; a wrong prompt template gave 1e-3 on a random-weight π0.5).
 DEFAULT_COSINE_BOUNDS = {"fp32": 0.999, "int8": 0.99, "int4": 0.95}
-DEFAULT_MAE_BOUNDS = {"fp32": 0.01, "int8": 0.1, "int4": 0.25}
+DEFAULT_MAE_BOUNDS = {"fp32": 1e-3, "int8": 0.1, "int4": 0.25}
 
 
 def _csv(text: str) -> list[str]:
