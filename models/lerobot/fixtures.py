@@ -77,7 +77,9 @@ LEROBOT_033_FIELDS = {
 BUFFER_MODULES = ("normalize_inputs", "normalize_targets", "unnormalize_outputs")
 
 
-# ---- shapes ---------------------------------------------------------------------------------------------------
+# ---- shapes ---
+# State no longer than the action vector: the daemon measures the state from what the controller reports (the
+# action-space joints, by name or index), so every state value must have one.------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Shape:
     """Observation and action shapes of a fixture: camera name → (C, H, W), state and action sizes."""
@@ -95,19 +97,19 @@ SHAPES: dict[tuple[str, str], Shape] = {
         chunk_size=37, n_action_steps=37, dim_model=64, n_heads=4, dim_feedforward=128, n_encoder_layers=2,
         n_decoder_layers=1, n_vae_encoder_layers=1, latent_dim=16)),
     ("act", "real"): Shape({"top": (3, 480, 640)}, 14, 14, dict(chunk_size=100, n_action_steps=100)),
-    ("diffusion", "small"): Shape({"top": (3, 64, 80), "side": (3, 64, 80)}, 6, 3, dict(
+    ("diffusion", "small"): Shape({"top": (3, 64, 80), "side": (3, 64, 80)}, 4, 5, dict(
         horizon=12, n_action_steps=6, n_obs_steps=2, crop_shape=(56, 72), down_dims=(32, 64), kernel_size=3,
         n_groups=4, diffusion_step_embed_dim=32, spatial_softmax_num_keypoints=8, num_train_timesteps=20)),
     ("diffusion", "real"): Shape({"top": (3, 96, 96)}, 2, 2, dict(crop_shape=(84, 84))),
-    ("smolvla", "small"): Shape({"top": (3, 48, 64), "wrist": (3, 48, 64)}, 6, 5, dict(
+    ("smolvla", "small"): Shape({"top": (3, 48, 64), "wrist": (3, 48, 64)}, 5, 6, dict(
         chunk_size=30, n_action_steps=30, num_vlm_layers=4, resize_imgs_with_padding=(64, 64), num_steps=4)),
     ("smolvla", "real"): Shape({"top": (3, 480, 640), "wrist": (3, 480, 640)}, 6, 6, dict(
         chunk_size=50, n_action_steps=50)),
-    ("pi0", "small"): Shape({"base": (3, 60, 80), "wrist": (3, 60, 80)}, 7, 6, dict(
+    ("pi0", "small"): Shape({"base": (3, 60, 80), "wrist": (3, 60, 80)}, 6, 7, dict(
         chunk_size=25, n_action_steps=25, num_inference_steps=3, image_resolution=(56, 56),
         paligemma_variant=TINY_VLM, action_expert_variant=TINY_EXPERT, tokenizer_max_length=20)),
     ("pi0", "real"): Shape({"base": (3, 224, 224)}, 8, 7, dict(chunk_size=50, n_action_steps=50)),
-    ("pi05", "small"): Shape({"base": (3, 60, 80), "wrist": (3, 60, 80)}, 7, 6, dict(
+    ("pi05", "small"): Shape({"base": (3, 60, 80), "wrist": (3, 60, 80)}, 6, 7, dict(
         chunk_size=25, n_action_steps=25, num_inference_steps=3, image_resolution=(56, 56),
         paligemma_variant=TINY_VLM, action_expert_variant=TINY_EXPERT, tokenizer_max_length=48)),
     ("pi05", "real"): Shape({"base": (3, 224, 224)}, 8, 7, dict(chunk_size=50, n_action_steps=50)),
@@ -454,14 +456,27 @@ def random_observation(shape: Shape, rng: np.random.Generator) -> dict[str, np.n
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.lerobot.fixtures", description=__doc__.splitlines()[0])
-    parser.add_argument("--type", choices=POLICY_TYPES, required=True)
+    parser.add_argument("--type", required=True, help=f"one or more of {', '.join(POLICY_TYPES)}, comma-separated")
     parser.add_argument("--size", choices=("small", "real"), default="small")
-    parser.add_argument("--layout", choices=("0.3", "0.4"), default="0.4")
-    parser.add_argument("--out", type=Path, required=True, help="training output folder (checkpoints/ goes inside)")
+    parser.add_argument("--layout", default="0.4", help="0.3, 0.4 or both (comma-separated)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="training output folder (checkpoints/ goes inside); with several types or layouts, "
+                        "one sub-folder <type>-<layout> each")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    path = write_fixture(args.type, args.size, args.layout, args.out, args.seed)
-    print(path)
+    types = [t for t in args.type.split(",") if t]
+    layouts = [x for x in args.layout.split(",") if x]
+    bad = [t for t in types if t not in POLICY_TYPES] + [x for x in layouts if x not in ("0.3", "0.4")]
+    if bad:
+        parser.error(f"unknown type or layout: {', '.join(bad)}")
+    made = {}
+    for policy_type in types:
+        for layout in layouts:
+            if layout == "0.3" and policy_type not in LEROBOT_033_FIELDS:
+                continue
+            root = args.out if len(types) * len(layouts) == 1 else args.out / f"{policy_type}-{layout}"
+            made[f"{policy_type}-{layout}"] = str(write_fixture(policy_type, args.size, layout, root, args.seed))
+    print(json.dumps(made))
     return 0
 
 
