@@ -258,8 +258,14 @@ class Worker:
         # Only the thread count we set: no oversubscription by OpenMP/MKL pools inside torch or numpy.
         threads = str(spec.get("threads", THREADS))
         env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"})
+        # spec["python"]: another environment's interpreter (the LeRobot one), with this checkout on its path
+        python = spec.get("python") or sys.executable
+        if spec.get("python"):
+            root = str(Path(__file__).resolve().parent.parent)
+            env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+            env.setdefault("HF_HUB_OFFLINE", "1")
         process = subprocess.Popen(
-            [sys.executable, "-m", "bench.worker", json.dumps(spec)],
+            [python, "-m", "bench.worker", json.dumps(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -19,6 +19,7 @@ PARTS: dict[str, str] = {
     "prefix": "bench.prefix_reuse",
     "ternary": "bench.ternary",
     "gpu": "bench.gpu",
+    "real": "bench.real_vlas",
 }
 
 

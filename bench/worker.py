@@ -4,7 +4,10 @@ Spec: ``{"kind": "torch" | "ort", "bundle": dir, "precision": "fp32"|"int8"|"int
 "instruction": text, "recompute_instruction": bool, "threads": n, "seed": s,
 "observation": npz with image + state (optional)}``, or ``{"kind": "scale", "dir": d,
 "threads": n, "prepack": bool, "low_memory": bool}`` for the scale model, or ``{"kind": "scale_prefix", "dir": d, "threads": n,
-"mode": "cached"|"recomputed", "splits": [[words, patches], ...], "steps": n}`` for one scale-model chunk.
+"mode": "cached"|"recomputed", "splits": [[words, patches], ...], "steps": n}`` for one scale-model chunk, or
+``{"kind": "lerobot", "checkpoint": dir, "bundle": dir, "observation": npz, "threads": n, "seed": s, "python": the
+LeRobot environment's interpreter}`` (LeRobot's own predict_action_chunk) / ``{"kind": "bundle", "bundle": dir,
+"precision": p, "observation": npz, "samples": K, ...}`` (vla-edge's runner on any schema-2 bundle) for bench.real_vlas.
 Requests on stdin, one JSON line each: ``{"op": "run", "n": count, "what": name}`` → ``{"ms": [...]}`` (wall
 time of each call, measured here; ``what`` is "chunk" for the policies, "prefill" or "step:<horizon>" for the
 scale model, "prefill|chunk|steps:<words>:<patches>" for scale_prefix), ``{"op": "memory"}`` → peak/current resident MiB, ``{"op": "import", "module": m}`` → the same after importing m,
@@ -90,6 +93,56 @@ def _ort_chunk(spec: dict[str, Any], info: dict[str, Any]) -> Callable[[], None]
         runner.sample(runner.encode(image, state), samples)
 
     return chunk_recomputed
+
+
+def _saved_observation(path: str) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
+    """An observation written by ``models.lerobot.fixtures --observation``: frames by LeRobot key, state, task."""
+    with np.load(path) as saved:
+        frames = {k.removeprefix("frame:"): saved[k] for k in saved.files if k.startswith("frame:")}
+        return frames, saved["state"].astype(np.float32), str(saved["task"])
+
+
+def _lerobot_chunk(spec: dict[str, Any], info: dict[str, Any]) -> Callable[[], None]:
+    """LeRobot's own per-chunk path (runs in the LeRobot environment): preprocessor + predict_action_chunk, K = 1,
+    PyTorch eager fp32, the same noise every chunk."""
+    from pathlib import Path
+
+    import torch
+
+    from models.lerobot import parity
+    from models.lerobot.checkpoint import load_checkpoint
+
+    torch.set_num_threads(spec["threads"])
+    ck = load_checkpoint(Path(spec["checkpoint"]))
+    info["parameters"] = ck.parameters()
+    frames, state, task = _saved_observation(spec["observation"])
+    history = getattr(ck.config, "n_obs_steps", 1) if ck.policy_type == "diffusion" else 1
+    observation = parity.Observation(frames=[frames] * history, states=[state] * history, task=task)
+    noise = parity.make_noise(parity.manifest_of(spec["bundle"]), spec["seed"])
+
+    def chunk() -> None:
+        parity.lerobot_chunk(ck, observation, noise)
+
+    return chunk
+
+
+def _bundle_chunk(spec: dict[str, Any], info: dict[str, Any]) -> Callable[[], None]:
+    """vla-edge's runner on any schema-2 bundle, K samples (1 to compare with LeRobot), the same observation."""
+    from vla_edge.bundle import load_bundle
+    from vla_edge.policy import PolicyRunner
+
+    runner = PolicyRunner(load_bundle(spec["bundle"]), precision=spec["precision"],
+                          providers=spec.get("providers") or ["CPUExecutionProvider"],
+                          intra_op_threads=spec["threads"], seed=spec["seed"])
+    info["providers"] = runner.providers_in_use
+    frames, state, task = _saved_observation(spec["observation"])
+    views = {view.name: frames[view.lerobot_key] for view in runner.manifest.observation.cameras}
+    samples = int(spec.get("samples", 1))
+
+    def chunk() -> None:
+        runner.infer(views, state, task, num_samples=samples)
+
+    return chunk
 
 
 def _scale_sessions(spec: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
@@ -194,7 +247,7 @@ def _scale_calls(spec: dict[str, Any]) -> dict[str, Callable[[], None]]:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
-    if spec["kind"] != "torch":
+    if spec["kind"] not in ("torch", "lerobot"):
         import onnxruntime  # noqa: F401 - so "before load" counts the runtime library, and only the model after
 
     baseline_mb = rss_mb()
@@ -204,10 +257,15 @@ def main(argv: list[str]) -> int:
             calls = _scale_calls(spec)
         elif spec["kind"] == "scale_prefix":
             calls = _scale_prefix_calls(spec)
+        elif spec["kind"] == "lerobot":
+            calls = {"chunk": _lerobot_chunk(spec, info)}
+        elif spec["kind"] == "bundle":
+            calls = {"chunk": _bundle_chunk(spec, info)}
         else:
             calls = {"chunk": _torch_chunk(spec) if spec["kind"] == "torch" else _ort_chunk(spec, info)}
         for call in calls.values():
-            for _ in range(1 if spec["kind"].startswith("scale") else 3):  # first calls pay for lazy initialisation
+            warm_ups = 1 if spec["kind"].startswith("scale") or spec["kind"] in ("lerobot", "bundle") else 3
+            for _ in range(warm_ups):  # first calls pay for lazy initialisation
                 call()
     except Exception as exc:  # reported to the parent, which raises a BenchError with this text
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)

@@ -256,8 +256,11 @@ def write_smolvlm_folder(directory: Path, size: str) -> Path:
     processor = SmolVLMProcessor(image_processor=SmolVLMImageProcessor(), tokenizer=tokenizer,
                                  video_processor=SmolVLMVideoProcessor(), image_seq_len=tokens_per_image)
     processor.save_pretrained(directory)
+    # real size: SmolVLM2's vocabulary (49 280) so the embedding has its real size; the stand-in tokenizer uses
+    # the first 512 ids
+    vocab = max(len(tokenizer), 49280) if size == "real" else len(tokenizer)
     config = SmolVLMConfig(
-        text_config=dict(model_type="llama", vocab_size=len(tokenizer), rms_norm_eps=1e-5, tie_word_embeddings=True,
+        text_config=dict(model_type="llama", vocab_size=vocab, rms_norm_eps=1e-5, tie_word_embeddings=True,
                          **shape["text"]),
         vision_config=vision, scale_factor=shape["scale_factor"],
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -454,16 +457,38 @@ def random_observation(shape: Shape, rng: np.random.Generator) -> dict[str, np.n
     return out
 
 
+def write_observation(path: Path, shape: Shape, seed: int) -> Path:
+    """One observation as LeRobot's robot loop would hand it over: ``frame:<feature key>`` uint8 H×W×3 per camera,
+    ``state`` float32 (the dataset's middle), ``task`` (a unicode array: np.load needs no pickle)."""
+    rng = np.random.default_rng(seed)
+    frames = random_observation(shape, rng)
+    arrays = {f"frame:observation.images.{name}": frame for name, frame in frames.items()}
+    arrays["state"] = rng.uniform(-1, 1, shape.state_dim).astype(np.float32)
+    arrays["task"] = np.array("pick up the red block and put it in the left bin")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.lerobot.fixtures", description=__doc__.splitlines()[0])
     parser.add_argument("--type", required=True, help=f"one or more of {', '.join(POLICY_TYPES)}, comma-separated")
     parser.add_argument("--size", choices=("small", "real"), default="small")
     parser.add_argument("--layout", default="0.4", help="0.3, 0.4 or both (comma-separated)")
-    parser.add_argument("--out", type=Path, required=True,
+    parser.add_argument("--out", type=Path, default=None,
                         help="training output folder (checkpoints/ goes inside); with several types or layouts, "
                         "one sub-folder <type>-<layout> each")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--observation", type=Path, default=None,
+                        help="instead: write one observation of --type/--size (frames by LeRobot key, state, task) "
+                        "as a .npz (no pickle) for the benchmark's workers")
     args = parser.parse_args(argv)
+    if args.observation is not None:
+        write_observation(args.observation, SHAPES[(args.type, args.size)], args.seed)
+        print(json.dumps({"observation": str(args.observation)}))
+        return 0
+    if args.out is None:
+        parser.error("--out is required (unless --observation)")
     types = [t for t in args.type.split(",") if t]
     layouts = [x for x in args.layout.split(",") if x]
     bad = [t for t in types if t not in POLICY_TYPES] + [x for x in layouts if x not in ("0.3", "0.4")]

@@ -34,6 +34,9 @@ from vla_edge.importers.lerobot_options import DEFAULT_COSINE_BOUNDS, DEFAULT_MA
 
 MANIFEST = "manifest.json"
 SIGNATURE = "signature.json"
+# Above this, LeRobot's fp32 model is released while the graphs are quantized and checked, and again before the
+# ONNX Runtime variants run (π0: ~13 GB of fp32 weights; an ORT fp32 session holds as much again).
+BIG_MODEL_PARAMETERS = 1_000_000_000
 
 
 class ImportRefused(Exception):
@@ -102,15 +105,17 @@ def _sampler_examples(plan: Any) -> dict[str, np.ndarray]:
     return {"sampler.x": x, "sampler.t": t}
 
 
-def export_graphs(plan: Any, staging: Path, precisions: list[str], threads: int) -> dict[str, Any]:
-    """Every graph of the plan in every precision under ``staging/<precision>/``; returns the per-graph reports."""
+def export_graphs(plan: Any, staging: Path) -> dict[str, Any]:
+    """Phase 1 (torch): every graph of the plan to ``staging/fp32/``, and the inputs and torch outputs to check it
+    with. Nothing else is loaded meanwhile, so the peak is the torch model plus one graph being exported (π0 at
+    full size: ~13 GB of fp32 weights + one block)."""
     import torch
 
     from models.lerobot import onnx_tools as ot
 
     values: dict[str, Any] = {k: np.asarray(v) for k, v in plan.example_sources.items()}
     values.update(_sampler_examples(plan))
-    reports: dict[str, Any] = {}
+    exported: dict[str, Any] = {}
     for graph in plan.graphs:
         started = time.monotonic()
         module = graph.build()
@@ -118,25 +123,40 @@ def export_graphs(plan: Any, staging: Path, precisions: list[str], threads: int)
         with torch.no_grad():
             expected = module(*args)
         expected = expected if isinstance(expected, tuple | list) else (expected,)
-        expected_np = [e.detach().float().numpy() if e.dtype.is_floating_point else e.detach().numpy()
-                       for e in expected]
         fp32 = staging / "fp32" / f"{graph.name}.onnx"
-        report = ot.ExportReport(graph=graph.name, exporter=graph.exporter)
         try:
             ot.export_module(module, args, fp32, [i.name for i in graph.inputs], [o.name for o in graph.outputs],
                              graph.dynamic_axes(), graph.exporter)
         except Exception as exc:  # the exporters raise many types; name the graph and the exporter
             raise ImportRefused(f"graph {graph.name!r}: the {graph.exporter} exporter failed: "
                                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
-        report.fixes = ot.apply_fixes(fp32, graph.fixes)
         feeds = {decl.name: (a.detach().numpy() if hasattr(a, "detach") else np.asarray(a))
                  for decl, a in zip(graph.inputs, args, strict=True)}
-        report.max_abs_error = ot.max_abs_error(fp32, feeds, expected_np, threads)
+        expected_np = [e.detach().float().numpy() if e.dtype.is_floating_point else e.detach().numpy()
+                       for e in expected]
+        exported[graph.name] = (feeds, expected_np, time.monotonic() - started)
         # outputs at batch 1 for the next graphs (step graphs' outputs are not read by later graphs)
         for decl, value in zip(graph.outputs, expected, strict=True):
-            values[f"{graph.name}.{decl.name}"] = value
-        del module
+            values[f"{graph.name}.{decl.name}"] = value.detach()
+        del module, args, expected
         gc.collect()
+    return exported
+
+
+def finish_graphs(plan: Any, staging: Path, exported: dict[str, Any], precisions: list[str],
+                  threads: int) -> dict[str, Any]:
+    """Phase 2 (no torch needed): fix, check ORT against the torch outputs, int8 by measurement, int4; one graph at
+    a time."""
+    from models.lerobot import onnx_tools as ot
+
+    reports: dict[str, Any] = {}
+    for graph in plan.graphs:
+        started = time.monotonic()
+        feeds, expected_np, export_s = exported[graph.name]
+        fp32 = staging / "fp32" / f"{graph.name}.onnx"
+        report = ot.ExportReport(graph=graph.name, exporter=graph.exporter)
+        report.fixes = ot.apply_fixes(fp32, graph.fixes)
+        report.max_abs_error = ot.max_abs_error(fp32, feeds, expected_np, threads)
         if "int8" in precisions:
             choice, timings, count = ot.choose_int8(fp32, staging / "int8" / fp32.name, feeds, threads,
                                                     graph.int8_candidates)
@@ -144,10 +164,10 @@ def export_graphs(plan: Any, staging: Path, precisions: list[str], threads: int)
         if "int4" in precisions:
             report.int4_quantized = ot.quantize_int4(fp32, staging / "int4" / fp32.name)
         reports[graph.name] = report
-        log(f"graph {graph.name}: exported ({graph.exporter}) in {time.monotonic() - started:.0f} s, ORT vs torch "
-            f"max |diff| {report.max_abs_error:.2e}"
+        log(f"graph {graph.name}: exported ({graph.exporter}) in {export_s:.0f} s, checked and quantized in "
+            f"{time.monotonic() - started:.0f} s; ORT vs torch max |diff| {report.max_abs_error:.2e}"
             + (f"; int8 {report.int8_choice} ({report.int8_timings_ms})" if report.int8_choice else "")
-            + (f"; int4 {report.int4_quantized} MatMulNBits" if "int4" in precisions else ""))
+            + (f"; int4 {report.int4_quantized} MatMulNBits/GatherBlockQuantized" if "int4" in precisions else ""))
     return reports
 
 
@@ -325,6 +345,26 @@ class ParityRefused(ImportRefused):
         self.figures = figures
 
 
+def _forget_modules(plan: Any) -> Any:
+    """The plan without its module builders (they hold LeRobot's model)."""
+    for graph in plan.graphs:
+        graph.build = _released
+    return plan
+
+
+def _released() -> Any:
+    raise RuntimeError("the torch model was released")
+
+
+def _rss_gib() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**30
+    except ImportError:  # psutil is a vla-edge dependency; only a broken environment lacks it
+        return float("nan")
+
+
 # ---- the command ----------------------------------------------------------------------------------------------
 def fps_of(ck: Any, options: argparse.Namespace) -> float:
     if options.fps is not None:
@@ -373,7 +413,17 @@ def run(options: argparse.Namespace) -> int:
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        reports = export_graphs(plan, staging, precisions, options.threads)
+        exported = export_graphs(plan, staging)
+        big = ck.parameters() > BIG_MODEL_PARAMETERS
+        if big:  # free LeRobot's model while the graphs are quantized and checked; reloaded for the reference
+            ck.policy = None
+            plan = _forget_modules(plan)
+            gc.collect()
+            log(f"released LeRobot's model for quantization ({_rss_gib():.1f} GiB resident)")
+        reports = finish_graphs(plan, staging, exported, precisions, options.threads)
+        del exported
+        if big:
+            ck = load_checkpoint(options.pretrained_dir, vlm_dir=options.vlm, tokenizer_dir=options.tokenizer)
         if plan.tokenizer_json is not None:
             (staging / "tokenizer.json").write_bytes(plan.tokenizer_json)
         name = options.name or f"{ck.policy_type}-{ck.path.parent.name if ck.path.name == 'pretrained_model' else ck.path.name}"
@@ -382,7 +432,7 @@ def run(options: argparse.Namespace) -> int:
         write_manifest(staging, manifest)
         history = plan.sections["observation"].get("history", 1)
         try:
-            figures = run_parity(ck, staging, precisions, options, history)
+            figures = run_parity(ck, staging, precisions, options, history, release_policy=big)
         except ParityRefused as exc:
             manifest = build_manifest(plan, ck, options, staging, precisions, reports, fps, name, exc.figures)
             write_manifest(staging, manifest)

@@ -21,7 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="short runs and the small scale model (CI, < 5 min)")
     parser.add_argument(
         "--parts", nargs="+", default=DEFAULT_PARTS, metavar="PART",
-        help=f"which parts, in order (default: all): {', '.join(DEFAULT_PARTS)}",
+        help=f"which parts, in order (default: {', '.join(DEFAULT_PARTS)}); also 'real': LeRobot's ACT, Diffusion "
+        "Policy, SmolVLA and pi0 at real size (RANDOM WEIGHTS) vs their imported bundles (needs the LeRobot "
+        "environment and hours; docs/import-lerobot.md)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="JSON + PNG go here")
     parser.add_argument("--work", type=Path, default=Path("models/work/bench"), help="scratch (built models)")

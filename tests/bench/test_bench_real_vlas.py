@@ -1,0 +1,45 @@
+"""The real-VLA bench part on its quick size: a random-weight ACT built from its LeRobot config, imported, and timed
+per chunk in LeRobot eager and in the three ORT variants, interleaved, with memory and parity in the result."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vla_edge.paths import REPO_ROOT
+
+LEROBOT_PYTHON = REPO_ROOT / ".venv-lerobot" / "bin" / "python"
+
+
+def _has_lerobot() -> bool:
+    if not LEROBOT_PYTHON.exists():
+        return False
+    done = subprocess.run([str(LEROBOT_PYTHON), "-c", "import lerobot.policies.pi0"], capture_output=True, timeout=300)
+    return done.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3000)
+@pytest.mark.skipif(not _has_lerobot(), reason="no LeRobot >= 0.5 environment: run scripts/setup-lerobot.sh")
+def test_quick_real_vlas_times_lerobot_and_every_variant(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.real_vlas", "--quick", "--policies", "act", "--out", str(out), "--work",
+         str(tmp_path / "work")], capture_output=True, text=True, timeout=2900, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+    result = json.loads((out / "real_vlas-quick.json").read_text())
+    assert "RANDOM WEIGHTS" in result["label"]
+    row = result["policies"]["act"]
+    assert row["random_weights"] and row["interleaved"] and row["size"] == "small"
+    assert set(row["latency"]) == {"lerobot-eager-fp32", "ort-fp32", "ort-int8", "ort-int4"}
+    assert all(stats["n"] == 6 and stats["median_ms"] > 0 for stats in row["latency"].values())
+    for variant in ("ort-fp32", "ort-int8", "ort-int4"):
+        interval = row["speedup_vs_lerobot"][variant]
+        assert interval["low"] <= interval["median"] <= interval["high"]
+    assert all(m["peak_rss_mb"] > 50 for m in row["memory"].values())
+    assert row["parity"]["fp32"]["passed"] and row["parity"]["fp32"]["action_mae"] < 1e-3
+    assert "lerobot-eager-fp32" in done.stdout and "RANDOM WEIGHTS" in done.stdout
