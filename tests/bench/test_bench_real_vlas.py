@@ -16,20 +16,23 @@ LEROBOT_PYTHON = REPO_ROOT / ".venv-lerobot" / "bin" / "python"
 
 
 def _has_lerobot() -> bool:
-    if not LEROBOT_PYTHON.exists():
-        return False
-    done = subprocess.run([str(LEROBOT_PYTHON), "-c", "import lerobot.policies.pi0"], capture_output=True, timeout=300)
-    return done.returncode == 0
+    """LeRobot >= 0.5 installed in .venv-lerobot, read from its dist-info: no interpreter started at collection
+    (importing LeRobot's π0 took over 300 s at load average 30 here)."""
+    for info in (REPO_ROOT / ".venv-lerobot" / "lib").glob("python3*/site-packages/lerobot-*.dist-info"):
+        version = tuple(int(p) for p in info.name.removeprefix("lerobot-").removesuffix(".dist-info").split(".")[:2]
+                        if p.isdigit())
+        return LEROBOT_PYTHON.exists() and version >= (0, 5)
+    return False
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3000)
+@pytest.mark.timeout(7200)
 @pytest.mark.skipif(not _has_lerobot(), reason="no LeRobot >= 0.5 environment: run scripts/setup-lerobot.sh")
 def test_quick_real_vlas_times_lerobot_and_every_variant(tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, "-m", "bench.real_vlas", "--quick", "--policies", "act", "--out", str(out), "--work",
-         str(tmp_path / "work")], capture_output=True, text=True, timeout=2900, cwd=REPO_ROOT)
+         str(tmp_path / "work")], capture_output=True, text=True, timeout=7000, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
     result = json.loads((out / "real_vlas-quick.json").read_text())
     assert "RANDOM WEIGHTS" in result["label"]
