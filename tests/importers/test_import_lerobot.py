@@ -30,7 +30,7 @@ def _lerobot_version() -> tuple[int, ...] | None:
     if not LEROBOT_PYTHON.exists():
         return None
     done = subprocess.run([str(LEROBOT_PYTHON), "-c", "from importlib.metadata import version; print(version('lerobot'))"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         return None
     return tuple(int(p) for p in done.stdout.strip().split(".")[:2] if p.isdigit())
@@ -205,7 +205,7 @@ def test_missing_lerobot_environment_is_one_clear_line(tmp_path: Path) -> None:
     folder = tmp_path / "pretrained_model"
     folder.mkdir()
     done = _cli("import", "lerobot", str(folder), "--out", str(tmp_path / "b"), "--unsigned", "--lerobot-venv",
-                str(tmp_path / "no-venv"), timeout=120)
+                str(tmp_path / "no-venv"), timeout=600)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no LeRobot environment" in done.stderr
     assert "scripts/setup-lerobot.sh" in done.stderr
@@ -218,7 +218,7 @@ def test_signing_key_or_unsigned_is_required(tmp_path: Path) -> None:
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text("")
     done = _cli("import", "lerobot", str(folder), "--out", str(tmp_path / "b"), "--lerobot-venv", str(venv),
-                timeout=120)
+                timeout=600)
     assert done.returncode == 2 and "--key" in done.stderr and done.stderr.strip().count("\n") == 0
 
 
@@ -229,7 +229,7 @@ def test_a_folder_that_is_not_a_checkpoint_is_one_clear_line(tmp_path: Path) -> 
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     done = _cli("import", "lerobot", str(folder), "--out", str(tmp_path / "b"), "--unsigned", "--fps", "10",
-                timeout=600)
+                timeout=1800)
     assert done.returncode == 2
     assert [line for line in done.stderr.splitlines() if line.strip()] == [
         f"vla-edge import: error: {folder} is not a LeRobot pretrained_model folder (needs config.json and "
