@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     try:
-        recorder = EpisodeRecorder(args.out, int(CONTROL_RATE_HZ), FEATURES, robot_type="vla-edge-reference-sim",
-                                   durable=False)
+        # the robot type the daemon records (the default): LeRobot merges only datasets of one robot type, and the
+        # take-overs the daemon records are merged into these demonstrations (docs/lerobot.md)
+        recorder = EpisodeRecorder(args.out, int(CONTROL_RATE_HZ), FEATURES, durable=False)
         kept, failed = record(recorder, args.chains, args.seed, 0.0, "demos")
         if args.recovery_chains:
             more, more_failed = record(recorder, args.recovery_chains, args.seed, args.perturb, "recovery")
