@@ -70,20 +70,26 @@ CRASH_TASK = TaskSpec("crash-demo", tuple(f"put the red block in the left bin (#
 
 
 class _LoggingExecutor(ScriptedExecutor):
-    def __init__(self, out: Path) -> None:
+    """Logs each step it starts. ``hold_at``: that step starts and never ends, so the crash test's kill lands there
+    whatever the machine's load (with a sleep per step alone, a starved test could see the worker finish first)."""
+
+    def __init__(self, out: Path, hold_at: int | None = None) -> None:
         super().__init__(step_sleep_s=0.15)
         self.out = out
+        self.hold_at = hold_at
 
     def run_step(self, step_index, instruction, stop, *, override_once=False):
         with self.out.open("a") as handle:
             handle.write(f"{step_index}\n")
+        if step_index == self.hold_at:
+            threading.Event().wait()  # until killed
         return super().run_step(step_index, instruction, stop, override_once=override_once)
 
 
-def main(state_dir: str, out_file: str) -> int:
+def main(state_dir: str, out_file: str, hold_at: int | None = None) -> int:
     runner = TaskRunner(
         CRASH_TASK,
-        _LoggingExecutor(Path(out_file)),
+        _LoggingExecutor(Path(out_file), hold_at),
         EscalationQueue(),
         CheckpointStore(Path(state_dir)),
         TaskSettings(checkpoint_every=3, state_dir=Path(state_dir)),
@@ -95,4 +101,4 @@ def main(state_dir: str, out_file: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None))

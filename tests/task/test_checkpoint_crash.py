@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import GENEROUS_S
 from vla_edge.checkpoint import CheckpointStore, TaskState, state_checksum
 
 WORKER = Path(__file__).with_name("scripted_executor.py")
@@ -53,9 +54,11 @@ def test_truncated_or_tampered_latest_falls_back_to_previous(tmp_path, caplog):
 def test_sigkill_mid_task_resumes_from_last_checkpoint(tmp_path):
     state_dir, log = tmp_path / "state", tmp_path / "steps.log"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, str(WORKER), str(state_dir), str(log)], env=env)
+    # Checkpoints every 3 steps: step 7 is mid-segment after the second checkpoint (next_step 6). The worker stops
+    # there until killed, so the kill lands mid-segment however slowly this test gets to run.
+    proc = subprocess.Popen([sys.executable, str(WORKER), str(state_dir), str(log), "7"], env=env)
     store = CheckpointStore(state_dir)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 10 * GENEROUS_S
     try:
         # Kill it once at least two checkpoints exist and it is in the middle of the next segment.
         while time.monotonic() < deadline:
@@ -76,7 +79,8 @@ def test_sigkill_mid_task_resumes_from_last_checkpoint(tmp_path):
     assert max(started_before) > killed_at, "the kill must land after the checkpoint, mid-segment"
 
     log.write_text("")
-    subprocess.run([sys.executable, str(WORKER), str(state_dir), str(log)], env=env, check=True, timeout=60)
+    subprocess.run([sys.executable, str(WORKER), str(state_dir), str(log)], env=env, check=True,
+                   timeout=10 * GENEROUS_S)
     lines = log.read_text().splitlines()
     resumed_steps = [int(s) for s in lines[:-1]]
     assert resumed_steps[0] == killed_at, "resume must start at the checkpoint's next step, not step 0"
