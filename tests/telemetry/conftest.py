@@ -15,6 +15,7 @@ import pytest
 
 from hil.harness import SimRobotProcess, run_task_with_simulated_operator
 from hil.prometheus import Prometheus, wait_for
+from tests.waiting import GENEROUS_S
 from vla_edge.config import load_settings
 from vla_edge.paths import REFERENCE_BUNDLE_DIR
 from vla_edge.service import Daemon
@@ -61,8 +62,8 @@ def demo_run(tmp_path_factory):
                     prometheus = Prometheus(PROMETHEUS, tmp, f"127.0.0.1:{daemon.metrics_server.port}")
                     wait_for(prometheus.ready, 60, "prometheus to be ready")
                     wait_for(lambda: prometheus.scalar('up{job="vla-edge"}') == 1.0, 60, "the first scrape")
-                assert daemon.wait_for_controller(15.0), "no controller handshake"
-                assert daemon.wait_for_camera(10.0), "no camera frame"
+                assert daemon.wait_for_controller(GENEROUS_S), "no controller handshake"
+                assert daemon.wait_for_camera(GENEROUS_S), "no camera frame"
                 result, judge = run_task_with_simulated_operator(daemon, sim, "telemetry-demo", sim.chain(3, seed=5))
                 ended = time.time()
                 if prometheus is not None:
