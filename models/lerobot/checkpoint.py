@@ -52,6 +52,7 @@ class Checkpoint:
     tokenizer_dir: Path | None = None  # where the processor's tokenizer came from (SmolVLA / π0)
     n_parameters: int = 0
     policy_config: Any = None  # kept when the policy is released to free memory
+    env_words: Any = None  # models.lerobot.env_words.DatasetWords from --dataset, when given
 
     @property
     def config(self) -> Any:

@@ -5,8 +5,10 @@ At inference LeRobot's ACT uses a zero latent (no VAE encoder), so the chunk is 
 observation: K = 1 and the ``spread`` confidence signal does not apply. The graph wraps LeRobot's own
 ``ACT.forward`` (``policy.model``) unchanged; images arrive normalised by the runtime (the dataset's per-camera
 mean/std), the state normalised (mean/std). Both exporters work (parity ≤ 1e-6 here); dynamo is used.
-Refused: an environment-state input (the runtime has no source for it) and temporal ensembling (the runtime
-executes whole chunks; LeRobot's temporal ensembling re-plans every step).
+An environment-state input is accepted when it is the instruction's words as vla-edge's recorder writes them
+(``--dataset``: `models.lerobot.env_words`): a second graph, ``instruction_words`` (role instruction), computes it
+from the instruction once per text. Any other environment state is refused (the runtime has no source for it), and
+so is temporal ensembling (the runtime executes whole chunks; LeRobot's temporal ensembling re-plans every step).
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ class ExportRefused(Exception):
     """This checkpoint uses a feature the runtime cannot run; the message says which and what to do."""
 
 
-def _graph_module(policy: Any, image_keys: list[str], has_state: bool) -> Any:
+def _graph_module(policy: Any, image_keys: list[str], has_state: bool, has_env: bool = False) -> Any:
     import torch
-    from lerobot.utils.constants import OBS_IMAGES, OBS_STATE
+    from lerobot.utils.constants import OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
     class ACTGraph(torch.nn.Module):
-        """(state, image_<view>...) → normalised action chunk, through LeRobot's ACT.forward."""
+        """(state, environment_state, image_<view>...) → normalised action chunk, through LeRobot's ACT.forward."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -46,6 +48,8 @@ def _graph_module(policy: Any, image_keys: list[str], has_state: bool) -> Any:
             images = list(inputs)
             if has_state:
                 batch[OBS_STATE] = images.pop(0)
+            if has_env:
+                batch[OBS_ENV_STATE] = images.pop(0)
             batch[OBS_IMAGES] = images
             return self.model(batch)[0]
 
@@ -55,9 +59,14 @@ def _graph_module(policy: Any, image_keys: list[str], has_state: bool) -> Any:
 def plan(ck: Any, options: Any, batch: dict[str, Any]) -> ExportPlan:
     """``batch``: one observation through LeRobot's preprocessor (normalised, batch 1)."""
     cfg = ck.config
+    words = None
     if cfg.env_state_feature:
-        raise ExportRefused("ACT with an environment-state input (observation.environment_state): the runtime has "
-                            "no source for it")
+        from models.lerobot import env_words
+
+        try:
+            words = env_words.check(ck.env_words, cfg.env_state_feature.shape[0])
+        except env_words.EnvWordsError as exc:
+            raise ExportRefused(f"ACT with an environment-state input: {exc}") from None
     if cfg.temporal_ensemble_coeff is not None:
         raise ExportRefused("ACT with temporal_ensemble_coeff set: the runtime executes whole chunks and does not "
                             "re-plan every step; import a config with temporal_ensemble_coeff=null")
@@ -73,6 +82,21 @@ def plan(ck: Any, options: Any, batch: dict[str, Any]) -> ExportPlan:
         s = cfg.robot_state_feature.shape[0]
         inputs.append(InputDecl("state", "float32", [1, s], source="observation.state"))
         sources["observation.state"] = batch["observation.state"].numpy().astype(np.float32)
+    graphs: list[GraphPlan] = []
+    if words is not None:
+        from models.lerobot import env_words
+
+        d = cfg.env_state_feature.shape[0]
+        tokens = env_words.example_tokens(words, words.tasks[0])
+        graphs.append(GraphPlan(
+            name=env_words.GRAPH, role="instruction", purpose="the instruction's words as the environment state",
+            build=lambda: env_words.graph_module(words, cfg, ck.stats.get(env_words.FEATURE)),
+            inputs=[InputDecl("tokens", "int64", [1, "words"], source="language.tokens")],
+            outputs=[TensorDecl(env_words.OUTPUT, "float32", [1, d])], exporter="dynamo", int8_candidates=["matmul"],
+        ))
+        sources["language.tokens"] = tokens
+        inputs.append(InputDecl("environment_state", "float32", [1, d],
+                                source=f"{env_words.GRAPH}.{env_words.OUTPUT}"))
     cameras = []
     for key in image_keys:
         c, h, w = cfg.image_features[key].shape
@@ -84,7 +108,7 @@ def plan(ck: Any, options: Any, batch: dict[str, Any]) -> ExportPlan:
         inputs.append(InputDecl(f"image_{view}", "float32", [1, c, h, w], source=f"observation.image.{view}"))
         sources[f"observation.image.{view}"] = batch[key].numpy().astype(np.float32)
     graph = GraphPlan(
-        name="policy", role="encode", build=lambda: _graph_module(ck.policy, image_keys, has_state),
+        name="policy", role="encode", build=lambda: _graph_module(ck.policy, image_keys, has_state, words is not None),
         inputs=inputs, outputs=[TensorDecl("actions", "float32", [1, cfg.chunk_size, action_dim])],
         exporter="dynamo", int8_candidates=["matmul", "matmul+gemm", "matmul+gemm+conv"],
     )
@@ -99,7 +123,8 @@ def plan(ck: Any, options: Any, batch: dict[str, Any]) -> ExportPlan:
                       if has_state else {"mode": "identity"}},
             "history": 1,
         },
-        "language": {"tokenizer": {"kind": "words", "vocabulary": ["<pad>", "task"]}},
+        "language": {"tokenizer": {"kind": "words",
+                                   "vocabulary": words.vocabulary if words is not None else ["<pad>", "task"]}},
         "action": {"normalisation": normalisation(norm_mode(cfg, "ACTION"), ck.stats.get("action")),
                    "model_horizon": cfg.chunk_size, "execute_start": 0, "execute_length": cfg.n_action_steps},
         "sampler": {"kind": "single_pass", "output": "policy.actions"},
@@ -107,5 +132,8 @@ def plan(ck: Any, options: Any, batch: dict[str, Any]) -> ExportPlan:
     }
     notes = ["ACT: one graph around LeRobot's ACT.forward (zero latent at inference: deterministic, K = 1); "
              "exported with torch.export (dynamo); no graph fix needed"]
-    return ExportPlan(policy_type="act", graphs=[graph], sections=sections, example_sources=sources, notes=notes,
+    if words is not None:
+        notes.append(f"environment state = the instruction's words {words.words} (vla-edge recorder."
+                     "instruction_words), computed by the instruction graph instruction_words")
+    return ExportPlan(policy_type="act", graphs=[*graphs, graph], sections=sections, example_sources=sources, notes=notes,
                       step_batch=1)

@@ -230,12 +230,21 @@ def build_manifest(plan: Any, ck: Any, options: argparse.Namespace, staging: Pat
         "action": plan.sections["action"],
         "graphs": {g.name: g.manifest() for g in plan.graphs},
         "sampler": plan.sections["sampler"],
-        "step_end": {"max_seconds": options.max_seconds, "external": True},
+        "step_end": _step_end(plan, options),
         "embedding": None,
         "files": {},
         "variants": variants,
     }
     return manifest
+
+
+def _step_end(plan: Any, options: argparse.Namespace) -> dict[str, Any]:
+    """The task runner's check and ``--max-seconds``; and ``done`` > 0.5 when the policy has an action named
+    ``done`` (trained on vla-edge's reference-world recordings: the step-done flag is one of the actions)."""
+    rule: dict[str, Any] = {"max_seconds": options.max_seconds, "external": True}
+    if "done" in plan.sections["action_space"]["names"]:
+        rule.update(done_action="done", done_threshold=0.5)
+    return rule
 
 
 def _config_record(ck: Any) -> dict[str, Any]:
@@ -401,6 +410,15 @@ def run(options: argparse.Namespace) -> int:
         ck = load_checkpoint(options.pretrained_dir, vlm_dir=options.vlm, tokenizer_dir=options.tokenizer)
     except CheckpointError as exc:
         raise ImportRefused(str(exc)) from None
+    if options.dataset is not None:
+        from models.lerobot.env_words import EnvWordsError, read_dataset
+
+        try:
+            ck.env_words = read_dataset(options.dataset)
+        except EnvWordsError as exc:
+            raise ImportRefused(str(exc)) from None
+        options.state_names = options.state_names or ck.env_words.state_names
+        options.action_names = options.action_names or ck.env_words.action_names
     fps = fps_of(ck, options)
     label = " (RANDOM WEIGHTS)" if (ck.random_weights or options.random_weights) else ""
     log(f"{ck.policy_type}{label}: {ck.parameters() / 1e6:.1f} M parameters, LeRobot {ck.layout}.x layout, "
@@ -423,7 +441,9 @@ def run(options: argparse.Namespace) -> int:
         reports = finish_graphs(plan, staging, exported, precisions, options.threads)
         del exported
         if big:
+            env_words = ck.env_words
             ck = load_checkpoint(options.pretrained_dir, vlm_dir=options.vlm, tokenizer_dir=options.tokenizer)
+            ck.env_words = env_words
         if plan.tokenizer_json is not None:
             (staging / "tokenizer.json").write_bytes(plan.tokenizer_json)
         name = options.name or f"{ck.policy_type}-{ck.path.parent.name if ck.path.name == 'pretrained_model' else ck.path.name}"

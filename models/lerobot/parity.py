@@ -68,7 +68,8 @@ def make_observations(ck: Any, count: int, history: int, seed: int) -> list[Obse
                 states.append((stats["mean"] + stats["std"] * rng.standard_normal(shape.state_dim)).astype(np.float32))
             else:
                 states.append(rng.uniform(-1, 1, shape.state_dim).astype(np.float32))
-        out.append(Observation(frames=frames, states=states, task=TASKS[i % len(TASKS)]))
+        tasks = ck.env_words.tasks if ck.env_words is not None and ck.env_words.tasks else TASKS
+        out.append(Observation(frames=frames, states=states, task=tasks[i % len(tasks)]))
     return out
 
 
@@ -79,6 +80,8 @@ def lerobot_input(ck: Any, frames: dict[str, np.ndarray], state: np.ndarray, tas
     obs: dict[str, Any] = {key: torch.from_numpy(frame_to_chw01(frame)) for key, frame in frames.items()}
     if ck.config.robot_state_feature is not None:
         obs["observation.state"] = torch.from_numpy(np.asarray(state, dtype=np.float32))
+    if getattr(ck.config, "env_state_feature", None) is not None and ck.env_words is not None:
+        obs["observation.environment_state"] = torch.from_numpy(ck.env_words.vector(task))  # as the recorder wrote it
     obs["task"] = task
     return obs
 

@@ -70,7 +70,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
             "--threads", str(args.threads)]
     for flag, value in (("--key", args.key), ("--fps", args.fps), ("--name", args.name),
                         ("--tokenizer", args.tokenizer), ("--vlm", args.vlm), ("--max-seconds", args.max_seconds),
-                        ("--work", args.work), ("--layers-per-block", args.layers_per_block)):
+                        ("--work", args.work), ("--layers-per-block", args.layers_per_block),
+                        ("--dataset", args.dataset)):
         if value is not None:
             argv += [flag, str(value)]
     for flag, values in (("--state-names", args.state_names), ("--action-names", args.action_names)):

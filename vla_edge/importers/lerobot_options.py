@@ -69,6 +69,10 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
                         "names a hub model (vlm_model_name) that this machine cannot download")
     parser.add_argument("--state-names", type=_csv, default=None, help="names of the state vector, comma-separated")
     parser.add_argument("--action-names", type=_csv, default=None, help="names of the action vector, comma-separated")
+    parser.add_argument("--dataset", type=Path, default=None,
+                        help="the LeRobot dataset the policy was trained on: the default state/action names, and the "
+                        "instruction words of an environment-state input recorded by vla-edge (recorder."
+                        "instruction_words; ACT / Diffusion Policy have no language model)")
     parser.add_argument("--observations", type=int, default=8,
                         help="observations for the parity gate (default 8); each is one chunk on every variant")
     parser.add_argument("--seed", type=int, default=0, help="seed of the parity observations and noise")
