@@ -41,8 +41,8 @@ fi
 echo '*' > "$VENV/.gitignore"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # One resolve: LeRobot with the policies vla-edge imports, the ONNX export tools, and vla-edge itself (manifest,
-# signing and ONNX Runtime parity run in this environment).
+# signing and ONNX Runtime parity run in this environment; onnxruntime comes with the [cpu] extra).
 "$VENV/bin/python" -m pip install -q "lerobot[dataset,diffusion,smolvla,pi]==${LEROBOT_VERSION}" "tokenizers>=0.20" \
-  "onnx>=1.16" "onnxscript>=0.2" "onnx_ir>=0.1" -e .
+  "onnx>=1.16" "onnxscript>=0.2" "onnx_ir>=0.1" -e ".[cpu]"
 "$VENV/bin/python" -c 'import lerobot, torch, onnxruntime, vla_edge.bundle; print("lerobot", lerobot.__version__ if hasattr(lerobot, "__version__") else "?", "torch", torch.__version__)'
 echo "lerobot environment ready: $VENV"
