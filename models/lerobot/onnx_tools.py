@@ -179,6 +179,41 @@ def cast_bool_cumsum(model: onnx.ModelProto) -> int:
     return fixed
 
 
+# Ops whose float64 kernel is missing from ONNX Runtime's CPU provider in releases a board still installs (1.23.2,
+# the newest for Python 3.10 / JetPack 6: "Could not find an implementation for Cos(7)"). LeRobot's SmolVLA and π0
+# compute the flow-time sinusoidal embedding in float64, so their expert graphs carry a double Cos.
+DOUBLE_UNSUPPORTED = ("Cos", "Sin")
+
+
+def float_trig(model: onnx.ModelProto) -> int:
+    """Compute float64 Sin/Cos in float32 (Cast in, Cast back to float64), so every ONNX Runtime a board installs can
+    run the graph. The argument is a time embedding of at most a few thousand radians: float32 changes it by ~1e-4,
+    which the parity check against torch measures."""
+    types = _value_types(model)
+    fixed = 0
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type in DOUBLE_UNSUPPORTED and types.get(node.input[0]) == TensorProto.DOUBLE:
+            tag = f"{node.name or node.op_type.lower()}__float_{fixed}"
+            as_float, out_float = f"{node.input[0]}__{tag}_in", f"{node.output[0]}__{tag}_out"
+            nodes.append(helper.make_node("Cast", [node.input[0]], [as_float], to=TensorProto.FLOAT, name=f"{tag}_in"))
+            original_out = node.output[0]
+            node.input[0], node.output[0] = as_float, out_float
+            nodes.append(node)
+            nodes.append(helper.make_node("Cast", [out_float], [original_out], to=TensorProto.DOUBLE, name=f"{tag}_out"))
+            fixed += 1
+        else:
+            nodes.append(node)
+    if fixed:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return fixed
+
+
+# Fixes every exported graph gets, whatever its plan names: each is a no-op on a graph without the pattern.
+ALWAYS = ("float_trig",)
+
+
 def _value_types(model: onnx.ModelProto) -> dict[str, int]:
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=False)
     types: dict[str, int] = {}
@@ -191,19 +226,21 @@ def _value_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def apply_fixes(path: Path, fixes: Sequence[str]) -> list[str]:
     """Run the named fixes on a saved graph; returns what each changed (for the report)."""
-    if not fixes:
-        return []
     model = onnx.load(str(path), load_external_data=False)  # the graph only; the weights stay in the data file
     done = []
     changed = 0
-    for fix in fixes:
+    for fix in dict.fromkeys([*fixes, *ALWAYS]):
         if fix == "cast_bool_cumsum":
             count = cast_bool_cumsum(model)
-            changed += count
             if count:
                 done.append(f"cast_bool_cumsum: {count} CumSum on bool → Cast(int64) first (ORT has no bool CumSum)")
+        elif fix == "float_trig":
+            count = float_trig(model)
+            if count:
+                done.append(f"float_trig: {count} float64 Sin/Cos computed in float32 (ORT 1.23 has no double Cos)")
         else:
             raise ValueError(f"unknown graph fix {fix!r}")
+        changed += count
     if changed:
         onnx.save_model(model, str(path))
     return done
