@@ -14,7 +14,10 @@ after another, and its speed-ups are ratios of medians (said so in the table).
 Memory is each process's peak resident set (VmHWM). For π0's int4 bundle the resident memory after the chunks is
 compared with its weight bytes (target ≤ 1.3×) and with an 8 GB board. Parity figures come from the import.
 
-    python -m bench.real_vlas [--quick] [--policies act,diffusion,smolvla,pi0] [--out bench/results]
+    python -m bench.real_vlas [--quick] [--policies act,diffusion,smolvla,pi0] [--precisions fp32,int8,int4]
+                              [--out bench/results]
+
+``--precisions fp32,int8`` imports (and so times) only those variants: the int4 pass is skipped when time is short.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from vla_edge.paths import REPO_ROOT
 NAME = "real_vlas"
 POLICIES = ("act", "diffusion", "smolvla", "pi0")
 VARIANTS = ("lerobot-eager-fp32", "ort-fp32", "ort-int8", "ort-int4")
+PRECISIONS = ("fp32", "int8", "int4")
 PARITY_TARGETS = {"fp32": 0.999, "int8": 0.99}  # cosine against LeRobot (issue 17)
 SPEEDUP_TARGET = 2.0  # ORT int8 vs LeRobot eager, per chunk, for SmolVLA and π0
 SPEEDUP_JUDGED = ("smolvla", "pi0")
@@ -74,7 +78,8 @@ def _lerobot(*args: str, timeout: float) -> str:
     return done.stdout
 
 
-def prepare(policy: str, size: str, work: Path, threads: int) -> dict[str, Any]:
+def prepare(policy: str, size: str, work: Path, threads: int,
+            precisions: tuple[str, ...] = PRECISIONS) -> dict[str, Any]:
     """The random-weight checkpoint, its observation and its imported bundle (each made once, then reused)."""
     root = work / f"{policy}-{size}"
     checkpoint = root / "train" / "checkpoints" / "002000" / "pretrained_model"
@@ -96,7 +101,8 @@ def prepare(policy: str, size: str, work: Path, threads: int) -> dict[str, Any]:
         extra = ["--layers-per-block", "1"] if policy == "pi0" and size == "small" else []
         done = subprocess.run(
             [sys.executable, "-m", "vla_edge.cli", "import", "lerobot", str(checkpoint), "--out", str(bundle),
-             "--unsigned", "--force", "--fps", "30", "--observations", "6", "--threads", str(threads), *extra],
+             "--unsigned", "--force", "--fps", "30", "--observations", "6", "--threads", str(threads),
+             "--precisions", ",".join(precisions), *extra],
             capture_output=True, text=True, timeout=6 * 3600, env=_env(), cwd=REPO_ROOT)
         log.write_text(done.stdout + done.stderr)
         if done.returncode != 0:
@@ -161,7 +167,8 @@ def judge(policy: str, measured: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(cfg: BenchConfig, policies: tuple[str, ...] = POLICIES, rounds: int | None = None) -> dict[str, Any]:
+def run(cfg: BenchConfig, policies: tuple[str, ...] = POLICIES, rounds: int | None = None,
+        precisions: tuple[str, ...] = PRECISIONS) -> dict[str, Any]:
     size = "small" if cfg.quick else "real"
     rounds = rounds or (6 if cfg.quick else 8)
     work = cfg.work / NAME
@@ -170,7 +177,7 @@ def run(cfg: BenchConfig, policies: tuple[str, ...] = POLICIES, rounds: int | No
     verdicts: dict[str, str] = {}
     for policy in policies:
         console.print(f"[bold]{NAME}[/bold]: {policy} ({size}, RANDOM WEIGHTS), {cfg.threads} threads, {rounds} rounds")
-        prepared = prepare(policy, size, work, cfg.threads)
+        prepared = prepare(policy, size, work, cfg.threads, precisions)
         prepared["size"] = size
         measured = measure(policy, prepared, rounds, cfg.threads)
         speedups = judge(policy, measured)
@@ -283,13 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = part_parser("bench.real_vlas", __doc__)
     parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated, from {', '.join(POLICIES)}")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 8; 6 with --quick)")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS),
+                        help="ORT variants to import and time, comma-separated from fp32,int8,int4 (fp32 always)")
     args = parser.parse_args(argv)
+    precisions = tuple(p for p in args.precisions.split(",") if p)
+    if "fp32" not in precisions or not set(precisions) <= set(PRECISIONS):
+        parser.error(f"--precisions: fp32 and any of int8, int4 (got {args.precisions!r})")
     policies = tuple(p for p in args.policies.split(",") if p)
     bad = [p for p in policies if p not in POLICIES]
     if bad:
         parser.error(f"unknown policy: {', '.join(bad)}")
     run(BenchConfig(out=args.out, work=args.work, quick=args.quick, bundle=args.bundle, threads=args.threads), policies,
-        args.rounds)
+        args.rounds, precisions)
     return 0
 
 

@@ -46,3 +46,13 @@ def test_quick_real_vlas_times_lerobot_and_every_variant(tmp_path: Path) -> None
     assert all(m["peak_rss_mb"] > 50 for m in row["memory"].values())
     assert row["parity"]["fp32"]["passed"] and row["parity"]["fp32"]["action_mae"] < 1e-3
     assert "lerobot-eager-fp32" in done.stdout and "RANDOM WEIGHTS" in done.stdout
+
+
+@pytest.mark.parametrize("precisions", ["int8", "fp32,fp16", "fp32,int3"])
+def test_precisions_without_fp32_or_unknown_are_one_error_line(precisions: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "bench.real_vlas", "--precisions", precisions, "--policies", "act"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.endswith(f"--precisions: fp32 and any of int8, int4 (got {precisions!r})")
+    assert "Traceback" not in done.stderr
