@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from models.lerobot.plan import ExportPlan, GraphPlan, InputDecl, TensorDecl
-from models.lerobot.sections import action_space, image_mean_std, names, norm_mode, normalisation, view_name
+from models.lerobot.sections import action_space, names, norm_mode, normalisation, pixel_camera
 
 
 class ExportRefused(Exception):
@@ -110,11 +110,8 @@ def plan(ck: Any, options: Any, batches: list[dict[str, Any]]) -> ExportPlan:
     cameras = []
     for key in image_keys:
         c, h, w = cfg.image_features[key].shape
-        view = view_name(key)
-        mean, std = image_mean_std(visual_mode, ck.stats.get(key))
-        cameras.append({"name": view, "height": h, "width": w, "resize": "resize", "interpolation": "bilinear",
-                        "dtype": "float32", "layout": "chw", "value_range": [0.0, 1.0], "mean": mean, "std": std,
-                        "lerobot_key": key})
+        cameras.append(pixel_camera(key, h, w, visual_mode, ck.stats.get(key)))
+        view = cameras[-1]["name"]
         inputs.append(InputDecl(f"image_{view}", "float32", [1, t, c, h, w], source=f"observation.image.{view}"))
         sources[f"observation.image.{view}"] = stacked[key].numpy().astype(np.float32)
     with torch.no_grad():

@@ -64,6 +64,16 @@ def image_mean_std(mode: str, stats: dict[str, np.ndarray] | None) -> tuple[list
     return _vector((lo + hi) / 2), _vector(np.maximum((hi - lo) / 2, EPS))
 
 
+def pixel_camera(feature_key: str, height: int, width: int, mode: str,
+                 stats: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """A schema-2 camera fed at the dataset's own size as [0, 1] pixels, normalised as LeRobot normalises VISUAL
+    features (ACT and Diffusion Policy; SmolVLA and π0 resize with pad to [-1, 1] instead)."""
+    mean, std = image_mean_std(mode, stats)
+    return {"name": view_name(feature_key), "height": height, "width": width, "resize": "resize",
+            "interpolation": "bilinear", "dtype": "float32", "layout": "chw", "value_range": [0.0, 1.0],
+            "mean": mean, "std": std, "lerobot_key": feature_key}
+
+
 def names(given: list[str] | None, size: int, prefix: str, what: str) -> list[str]:
     if given is None:
         return [f"{prefix}_{i}" for i in range(size)]
