@@ -30,4 +30,10 @@ def test_tier_benchmark_reports_every_configuration(bundle, tmp_path):
     assert "remote" not in rows["local only"]["settled_by"]
     for name in ("local + remote", "local + remote + operator"):
         asked = sum(rows[name]["remote_outcomes"].values())
-        assert asked == rows[name]["settled_by"].get("remote", 0) + rows[name]["settled_by"].get("operator", 0)
+        settled = rows[name]["settled_by"]
+        assert asked == settled.get("remote", 0) + settled.get("operator", 0), (asked, settled)
+        # The router settles every chunk planned, also one planned just before its step ended that the executor
+        # never collects: counted from the executor's chunk records instead (as before 23284ac), such a chunk
+        # whose local verdict failed had its remote outcome counted but not its settlement (19 vs 18 in three
+        # starved runs, where the remote tier missed its deadline and the chains took other paths).
+        assert sum(settled.values()) >= rows[name]["chunks"], (settled, rows[name]["chunks"])
