@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -222,9 +223,12 @@ def netns_rows() -> list[Row]:
                  f"blackholes; task {'finished' if run.finished else 'DID NOT FINISH'}"))
     for delay in (0.0, 50.0):
         run = delayed_link(seed=1, delay_ms=delay)
+        feedback = Counter(w["feedback"] for w in run.plan_ahead_waits)
         rows.append((f"netns: {delay:g} ms delay daemon → controller, 10 steps", "the policy plans for the link",
-                     f"{run.autonomous} of {run.steps} steps finished by the policy alone; link round trip "
-                     f"{run.link_rtt_ms or 0:.1f} ms"))
+                     f"{run.autonomous} of {run.steps} steps finished by the policy alone (throughput: not "
+                     f"asserted); link round trip {run.link_rtt_ms or 0:.1f} ms; plan-ahead waits: "
+                     f"{feedback['reported']} reported, {feedback['no_report']} no report and "
+                     f"{feedback['no_frame']} no frame in time, {len(run.plan_ahead_violations())} planned early"))
     return rows
 
 

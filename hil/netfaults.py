@@ -9,6 +9,7 @@ side's clock estimate enters.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -130,6 +131,23 @@ class TaskRun:
     chunk_times: list[int]
     done_times: list[int]  # when a step was reported done by the policy or the operator
     link_rtt_ms: float | None
+    # Every plan-ahead wait (vla_edge.executor.PlanAheadWait as a dict) with ``report_received_ns``: when the
+    # stream received the controller's report of that command, if before the plan-ahead went on (else None).
+    plan_ahead_waits: list[dict]
+
+    def plan_ahead_violations(self) -> list[dict]:
+        """Plan-ahead waits that let the scheduler plan from a frame that cannot show the action just sent while
+        there was still time to wait for it: before the budget's end, either no report had arrived (by the stream's
+        own record) or the frame was captured before the report's arrival minus half the round trip and 5 ms."""
+        bad = []
+        for w in self.plan_ahead_waits:
+            if w["planned_ns"] >= w["budget_end_ns"]:
+                continue  # waited as long as the next tick allowed
+            received, frame = w["report_received_ns"], w["frame_capture_ns"]
+            if (received is None or frame is None
+                    or frame < received - w["round_trip_ns"] // 2 - 5_000_000):
+                bad.append(w)
+        return bad
 
 
 def run_daemon_side(keys: Path, seed: int, steps: int, state_dir: Path, force_takeover: bool,
@@ -142,6 +160,7 @@ def run_daemon_side(keys: Path, seed: int, steps: int, state_dir: Path, force_ta
     from hil.netns import CONTROL_IP
     from hil.sim_robot import SimChannel
     from vla_edge.config import load_settings
+    from vla_edge.executor import PlanAheadWait
     from vla_edge.paths import REFERENCE_BUNDLE_DIR
     from vla_edge.service import Daemon
     from vla_edge.task import TaskSpec
@@ -202,7 +221,17 @@ def run_daemon_side(keys: Path, seed: int, steps: int, state_dir: Path, force_ta
             def on_step_end(self, report: object, instruction: str) -> None:
                 self.done_ticks, self.told = [], False
 
+            def on_plan_ahead(self, wait: PlanAheadWait) -> None:
+                # The executor's account of the wait, next to the stream's own record of when the controller's
+                # report of that command arrived (None: not arrived when the plan-ahead went on).
+                received = next((a.t_received_ns for a in stream.applied_since(wait.seq) if a.seq == wait.seq), None)
+                if received is not None and received > wait.planned_ns:
+                    received = None
+                waits.append({**dataclasses.asdict(wait), "report_received_ns": received})
+
         assert daemon.executor is not None and daemon.stream is not None
+        stream = daemon.stream
+        waits: list[dict] = []
         daemon.executor.observers.append(_Chunks())
         judge = StepJudge(sim)
         operator = SimulatedOperator(daemon.escalations, daemon.teleop, sim, judge, instructions, 0.1).start()
@@ -226,6 +255,7 @@ def run_daemon_side(keys: Path, seed: int, steps: int, state_dir: Path, force_ta
             "successful": sum(1 for ok, _ in judge.outcomes.values() if ok),
             "controller_counters": dict(state.counters) if state is not None else {},
             "link_rtt_ms": None if rtt is None else rtt / 1e6,
+            "plan_ahead_waits": waits,
         }), flush=True)
         return 0
     finally:
@@ -296,7 +326,7 @@ def task_case(seed: int, steps: int, *, faults: object = None, force_takeover: b
         rejected={k: v for k, v in counters.items() if k.startswith("rejected_")},
         events=events, chunk_times=[e["t"] for e in events if e["kind"] == "chunk"],
         done_times=[e["t"] for e in events if e["kind"] == "step_finished"],
-        link_rtt_ms=result.get("link_rtt_ms"),
+        link_rtt_ms=result.get("link_rtt_ms"), plan_ahead_waits=list(result.get("plan_ahead_waits", [])),
     )
 
 

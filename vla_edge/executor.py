@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -158,6 +159,26 @@ class TickObserver:
 
     def on_step_end(self, report: StepReport, instruction: str) -> None: ...
 
+    def on_plan_ahead(self, wait: PlanAheadWait) -> None: ...
+
+
+@dataclass(frozen=True)
+class PlanAheadWait:
+    """What one plan-ahead waited for before it let the scheduler plan from the frame it then held (executor clock).
+
+    ``feedback``: ``reported``, the controller's report that command ``seq`` actuated came and a frame taken after
+    it (captured at ``taken_after_ns`` or later: the report's arrival minus half the link's round trip and 5 ms) is
+    the one planned from; ``no_report`` / ``no_frame``: the time to plan before the next tick (``budget_end_ns``)
+    ran out first, and the plan-ahead went on from what there was (as over an instant link)."""
+
+    seq: int
+    feedback: str
+    budget_end_ns: int
+    planned_ns: int  # when the wait ended and the scheduler was let plan
+    round_trip_ns: int  # the link's round trip the margin was derived from (0: not measured)
+    taken_after_ns: int | None  # None unless the report came
+    frame_capture_ns: int | None  # the frame planned from (None: no frame)
+
 
 @dataclass
 class ExecutorSettings:
@@ -257,6 +278,8 @@ class PolicyStepExecutor:
         self._memory = _ChunkMemory()
         self._holding_reason: str | None = None
         self._refusal_seen = -1  # newest seq_rejected (or refusing report) already acted on
+        # Plan-ahead waits by feedback (PlanAheadWait.feedback); also vla_edge_plan_ahead_total.
+        self.plan_ahead_feedback: Counter[str] = Counter()
         space = getattr(getattr(policy, "manifest", None), "action_space", None)
         self._action_low = None if space is None else np.asarray(space.low, np.float32)
         self._action_high = None if space is None else np.asarray(space.high, np.float32)
@@ -375,7 +398,12 @@ class PolicyStepExecutor:
                 loop.wait_phase(0.5)
                 self._pull_frame()
                 if seq >= 0:
-                    self._await_feedback(seq, loop)
+                    wait = self._await_feedback(seq, loop)
+                    self.plan_ahead_feedback[wait.feedback] += 1
+                    for observer in self.observers:
+                        on_plan_ahead = getattr(observer, "on_plan_ahead", None)  # optional for an observer
+                        if on_plan_ahead is not None:
+                            on_plan_ahead(wait)
                 if self.camera.status.live:
                     self._scheduler.plan_ahead(loop.tick + 1)
 
@@ -502,7 +530,7 @@ class PolicyStepExecutor:
         if self._frame is not None and self._frame_age_ms(self._frame) > self.settings.max_frame_age_ms:
             self._frame = None
 
-    def _await_feedback(self, seq: int, loop: RateLoop) -> None:
+    def _await_feedback(self, seq: int, loop: RateLoop) -> PlanAheadWait:
         """Wait until the controller reports command ``seq`` actuated and a frame taken after that has arrived, as
         long as the next chunk can still be planned before the next tick (its recent latency x1.5 + 5 ms).
 
@@ -514,19 +542,27 @@ class PolicyStepExecutor:
         latencies = self._scheduler.counters.latencies_ms[-20:]
         reserve_ns = int((1.5 * float(np.percentile(latencies, 90)) if latencies else 10.0) * 1e6) + 5_000_000
         budget_end = loop.next_tick_ns - reserve_ns
+        round_trip = getattr(self.state_source, "link_round_trip_ns", lambda: None)() or 0  # optional: the stream's
+
+        def ended(feedback: str, taken_after: int | None = None) -> PlanAheadWait:
+            frame = self._frame
+            return PlanAheadWait(seq, feedback, budget_end, clock.now_ns(), round_trip, taken_after,
+                                 None if frame is None else frame.t_capture_ns)
+
         while not self.state_source.actuated({seq}):
             now = clock.now_ns()
             if now >= budget_end:
-                return  # not acknowledged in time: plan from what there is, as without a link
+                return ended("no_report")  # not acknowledged in time: plan from what there is, as without a link
             clock.sleep_until_ns(min(now + _FEEDBACK_POLL_NS, budget_end))
-        round_trip = getattr(self.state_source, "link_round_trip_ns", lambda: None)() or 0  # optional: the stream's
-        taken_after = clock.now_ns() - round_trip // 2 - 5_000_000
+        reported_at = getattr(self.state_source, "reported_at_ns", lambda seq: None)(seq)  # optional, as above
+        taken_after = (clock.now_ns() if reported_at is None else reported_at) - round_trip // 2 - 5_000_000
         while self._frame is None or self._frame.t_capture_ns < taken_after:
             now = clock.now_ns()
             if now >= budget_end:
-                return
+                return ended("no_frame", taken_after)
             clock.sleep_until_ns(min(now + _FEEDBACK_POLL_NS, budget_end))
             self._pull_frame()
+        return ended("reported", taken_after)
 
     def _frame_age_ms(self, frame: Frame) -> float:
         return (self.clock.now_ns() - frame.t_capture_ns) / 1e6

@@ -87,7 +87,7 @@ class SimulatedArm:
         self._commanded_in = -1  # the period in which the newest action arrived
         self._seq_sent = -1
         self._seq_applied = -1
-        self._applied: set[int] = set()  # every command a control step applied (a replaced one never was)
+        self._applied: dict[int, int] = {}  # every command a control step applied (a replaced one never was): when
         self._hold_reason = "starting"
         self._seq = 0
         self._frame_time = clock.now_ns()
@@ -115,7 +115,10 @@ class SimulatedArm:
                         "" if self._pending is not None else self._hold_reason)
 
     def actuated(self, seqs: set[int]) -> bool:
-        return not self._applied.isdisjoint(seqs)
+        return not self._applied.keys().isdisjoint(seqs)
+
+    def reported_at_ns(self, seq: int) -> int | None:
+        return self._applied.get(seq)  # the simulated controller reports at once, over an instant link
 
     # -- Camera --------------------------------------------------------------------------------------------------
     def latest(self, max_age_ms: float | None = None) -> Frame | None:
@@ -132,7 +135,7 @@ class SimulatedArm:
     def _control_step(self) -> None:
         if self._pending is not None:
             self._seq_applied, action = self._pending
-            self._applied.add(self._seq_applied)
+            self._applied[self._seq_applied] = self.clock.now_ns()
             self.world.step(action)
             self.actions += 1
         else:

@@ -231,6 +231,12 @@ class ActionStream:
         with self._lock:
             return any(applied.seq in seqs for applied in self._applied)
 
+    def reported_at_ns(self, seq: int) -> int | None:
+        """When the state report that first showed command ``seq`` executed arrived (None: not seen, or no longer
+        remembered)."""
+        with self._lock:
+            return next((applied.t_received_ns for applied in self._applied if applied.seq == seq), None)
+
     def link_round_trip_ns(self) -> int | None:
         """The shortest round trip of the last 16 heartbeat exchanges (the link's delay plus the peers' turnaround;
         under asymmetric delay, the sum of both directions). None before the first."""

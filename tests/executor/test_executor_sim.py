@@ -386,3 +386,20 @@ def test_recoveries_are_counted_on_the_daemons_metrics():
     assert value("vla_edge_recoveries_total", {"kind": "step_retry", "outcome": "stalled"}) == 1
     assert value("vla_edge_automatic_verifications_total", {"scope": "checkpoint", "decision": "as_expected"}) == 1
     assert value("vla_edge_automatic_verifications_total", {"scope": "step", "decision": "unsure"}) == 1
+
+
+def test_plan_ahead_waits_are_counted_on_the_daemons_metrics():
+    # The simulated arm reports each action as it runs (an instant link): every plan-ahead finds the report and a
+    # frame taken after it, and each wait is counted by what it ended in (vla_edge_plan_ahead_total{feedback}).
+    from vla_edge.telemetry import DaemonMetrics
+    from vla_edge.telemetry.observer import MetricsObserver
+
+    metrics = DaemonMetrics()
+    rig = Rig(LinePolicy(target=(0.7, 0.5)))
+    rig.executor.observers.append(MetricsObserver(metrics))
+    assert rig.run().outcome == "done"
+    waits = rig.executor.plan_ahead_feedback
+    assert waits["reported"] == rig.arm.actions > 0, dict(waits)  # one after each action sent
+    assert set(waits) == {"reported"}, dict(waits)
+    value = metrics.registry.get_sample_value
+    assert value("vla_edge_plan_ahead_total", {"feedback": "reported"}) == waits["reported"]

@@ -6,6 +6,8 @@ cases are required (CI, VLA_EDGE_REQUIRE_NETNS=1), where a missing piece fails i
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from hil.netfaults import deadline_case
@@ -63,10 +65,23 @@ def test_no_step_completes_and_nothing_is_planned_while_the_controller_is_cut_of
 
 def test_plan_ahead_waits_for_the_action_over_a_delayed_link() -> None:
     # 50 ms on daemon → controller for a whole 10-step task. Before, plan-ahead at half a tick planned from the
-    # frame before the action had run: the policy finished 0 of 10 steps alone (seed 1; 8 of 10 on a clean link).
+    # frame before the action had run (the policy then finished 0-2 of 10 steps alone, 8 on a clean link: a
+    # throughput figure that `python -m hil.faults` prints, not asserted here: it depends on how much CPU the
+    # daemon gets). Asserted: what the fix guarantees by construction. The link's round trip is measured from the
+    # heartbeats and is the margin each wait uses; every plan-ahead either planned from a frame captured after
+    # the controller's report of the action just sent arrived (by the stream's own record of the arrival), or
+    # waited until the time to plan before the next tick ran out.
     from hil.netfaults import delayed_link
 
     run = delayed_link(seed=1, delay_ms=50.0, steps=10)
     assert run.finished, run.status
-    assert run.autonomous >= 3, f"the policy finished {run.autonomous} of 10 steps alone"  # after: 4-7; before: 0-2
     assert run.link_rtt_ms is not None and run.link_rtt_ms >= 40.0, run.link_rtt_ms  # measured from heartbeats
+    waits = run.plan_ahead_waits
+    assert len(waits) >= 20, f"only {len(waits)} plan-ahead waits in a 10-step task"
+    measured = [w for w in waits if w["round_trip_ns"] >= 40e6]
+    assert len(measured) >= len(waits) // 2, "the waits did not use the link's measured round trip"
+    bad = run.plan_ahead_violations()
+    feedback = Counter(w["feedback"] for w in waits)
+    assert not bad, f"{len(bad)} of {len(waits)} plan-aheads did not wait for the report ({dict(feedback)}): {bad[:3]}"
+    # What the executor counted agrees with the stream's record: a wait it ended as "reported" had the report.
+    assert all(w["report_received_ns"] is not None for w in waits if w["feedback"] == "reported"), dict(feedback)

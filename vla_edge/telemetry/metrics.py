@@ -148,6 +148,10 @@ class DaemonMetrics:
             "vla_edge_recoveries", "What the robot tried by itself before asking: kind resample (a refused chunk "
             "re-sampled; outcome accepted/refused) or step_retry (outcome: what the step ended in).",
             ["kind", "outcome"], registry=r)
+        self.plan_ahead = Counter(
+            "vla_edge_plan_ahead", "Plan-ahead waits for the controller's report of the action just sent, by "
+            "feedback: reported (planned from a frame taken after it), no_report / no_frame (the time to plan before "
+            "the next tick ran out first).", ["feedback"], registry=r)
         self.automatic_verifications = Counter(
             "vla_edge_automatic_verifications", "Automatic scene verifications by scope (step, checkpoint) and "
             "decision (as_expected, failed, unsure).", ["scope", "decision"], registry=r)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla_edge.executor import TickObserver
+from vla_edge.executor import PlanAheadWait, TickObserver
 from vla_edge.scheduler import PlannedChunk, TickDecision
 from vla_edge.telemetry.metrics import DaemonMetrics
 from vla_edge.types import Frame
@@ -28,6 +28,9 @@ class MetricsObserver(TickObserver):
         if frame is not None and frame.seq != self._last_frame_seq:
             self._last_frame_seq = frame.seq
             self.metrics.frames.inc()
+
+    def on_plan_ahead(self, wait: PlanAheadWait) -> None:
+        self.metrics.plan_ahead.labels(wait.feedback).inc()
 
     def on_chunk(self, planned: PlannedChunk) -> None:
         self.metrics.record_chunk()
