@@ -30,15 +30,20 @@ HOG_PID=$!
 trap 'kill "$HOG_PID" 2>/dev/null; wait "$HOG_PID" 2>/dev/null' EXIT
 sleep 2  # let the hogs start before the first test
 
-one_run() {  # run number, checkout: runs the suite there, appends its line to the summary, returns pytest's status
-    local run=$1 dir=$2 started status minutes load result
+one_run() {  # run number, checkout, session command: runs the suite there, appends its summary line
+    local run=$1 dir=$2 session=$3 started status seconds load result cores
     started=$(date +%s)
-    (cd "$dir" && PYTHONPATH="$dir" "$PYTHON" -m pytest -q -p no:cacheprovider "${@:3}") > "$OUT/run-$run.log" 2>&1
+    # `times` after the suite: the CPU seconds it used (user + sys of the children waited for), for the cores it got
+    (cd "$dir" && PYTHONPATH="$dir" $session "$PYTHON" -m pytest -q -p no:cacheprovider "${@:4}"; st=$?
+     times > "$OUT/run-$run.cpu"; exit $st) > "$OUT/run-$run.log" 2>&1
     status=$?
-    minutes=$(( ($(date +%s) - started + 30) / 60 ))
+    seconds=$(( $(date +%s) - started ))
+    cores=$(awk -v w="$seconds" 'NR == 2 { split($1, u, "m"); split($2, s, "m"); sub("s", "", u[2]); sub("s", "", s[2]);
+        printf "%.2f", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) / (w > 0 ? w : 1) }' "$OUT/run-$run.cpu")
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     result=$(grep -E "(passed|failed|error)" "$OUT/run-$run.log" | tail -1)
-    echo "run $run: exit $status in ${minutes} min, load average $load: $result" | tee -a "$OUT/summary.txt"
+    echo "run $run: exit $status in $(( (seconds + 30) / 60 )) min, $cores cores on average, load average $load: $result" \
+        | tee -a "$OUT/summary.txt"
     return "$status"
 }
 
@@ -52,7 +57,9 @@ if [ "$PARALLEL" -gt 0 ]; then
         clone="$OUT/clone-$run"
         rm -rf "$clone" && git clone -q "$ROOT" "$clone"
         for venv in "$ROOT"/.venv*; do ln -s "$venv" "$clone/$(basename "$venv")"; done  # the same environments
-        one_run "$run" "$clone" "$@" &
+        # Each run in a session of its own, like another user's job: with autogroup scheduling the kernel shares the
+        # CPU between sessions first, so runs started in the hogs' session starve behind any other session's work.
+        one_run "$run" "$clone" "setsid -w" "$@" &
         pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid" || failed=$(( failed + 1 )); done
@@ -60,7 +67,7 @@ if [ "$PARALLEL" -gt 0 ]; then
 else
     echo "stress-ng --cpu $HOGS on $(nproc) cores; $RUNS run(s) of: pytest $*" | tee "$OUT/summary.txt"
     for run in $(seq 1 "$RUNS"); do
-        one_run "$run" "$ROOT" "$@" || failed=$(( failed + 1 ))
+        one_run "$run" "$ROOT" "" "$@" || failed=$(( failed + 1 ))
     done
 fi
 echo "$(( RUNS - failed )) of $RUNS runs passed" | tee -a "$OUT/summary.txt"
